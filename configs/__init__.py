@@ -1,0 +1,3 @@
+from configs.settings import Settings, load_settings
+
+__all__ = ["Settings", "load_settings"]

@@ -1,0 +1,1 @@
+"""Knowledge bases: loading, splitting, embedding, stores, retrieval (see kb/service.py)."""

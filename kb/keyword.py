@@ -1,0 +1,152 @@
+"""Persistent, incrementally updated BM25 index with Chinese and English tokenisation.
+
+Tokens: Chinese runs go through jieba (after Traditional -> Simplified folding with OpenCC, so
+a Traditional query finds Simplified text and the reverse); Latin words are lower-cased and
+Snowball-stemmed; other scripts fall back to character bigrams.
+
+Scores are normalised into [0, 1]: a chunk's BM25 divided by the most any chunk could score for
+this query (every query term present with saturated frequency, i.e. sum of idf * (k1 + 1)).
+So 1.0 means "contains every query term many times", independent of query length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+_K1 = 1.2
+_B = 0.75
+
+_TOKEN_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[a-zA-Z][a-zA-Z0-9'\-]*|\d+(?:\.\d+)?|[^\W\d_]+", re.UNICODE)
+_CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LATIN_RE = re.compile(r"[a-zA-Z]")
+_STOP = frozenset(
+    "a an and are as at be by for from has have in is it its of on or that the this to was were what when where "
+    "which who why how with do does did not no can 的 了 是 在 和 与 及 或 也 就 都 而 吗 呢 吧 啊 什么 哪些 哪个 怎么 "
+    "如何 为什么 这 那 这个 那个 一个 有 被 把 对 于 中 上 下".split()
+)
+
+_tools_lock = threading.Lock()
+_tools: dict[str, object] = {}
+
+
+def _jieba():
+    with _tools_lock:
+        if "jieba" not in _tools:
+            import jieba
+
+            jieba.setLogLevel(logging.WARNING)
+            jieba.initialize()
+            _tools["jieba"] = jieba
+    return _tools["jieba"]
+
+
+def _stemmer():
+    with _tools_lock:
+        if "stem" not in _tools:
+            import Stemmer
+
+            _tools["stem"] = Stemmer.Stemmer("english")
+    return _tools["stem"]
+
+
+def _t2s():
+    with _tools_lock:
+        if "t2s" not in _tools:
+            from opencc import OpenCC
+
+            _tools["t2s"] = OpenCC("t2s")
+    return _tools["t2s"]
+
+
+def tokenize(text: str) -> list[str]:
+    tokens: list[str] = []
+    latin: list[str] = []
+    for m in _TOKEN_RE.finditer(text):
+        tok = m.group(0)
+        if _CJK_RE.match(tok):
+            simplified = _t2s().convert(tok)  # type: ignore[attr-defined]
+            # Search mode also emits the sub-words of long words (苹果手机 -> 苹果, 手机, 苹果手机), so
+            # a query and a text segmented differently still share tokens.
+            tokens.extend(w for w in _jieba().lcut_for_search(simplified) if w not in _STOP)  # type: ignore[attr-defined]
+        elif _LATIN_RE.match(tok):
+            low = tok.lower()
+            if low not in _STOP:
+                latin.append(low)
+        elif tok[0].isdigit():
+            tokens.append(tok)
+        else:  # kana, hangul, cyrillic...: bigrams work without a dictionary
+            tokens.extend(tok[i:i + 2] for i in range(max(1, len(tok) - 1)))
+    if latin:
+        tokens.extend(_stemmer().stemWords(latin))  # type: ignore[attr-defined]
+    return tokens
+
+
+class BM25Index:
+    """Inverted index: term -> {chunk_id: tf}. Adding and removing chunks is O(chunk length)."""
+
+    def __init__(self) -> None:
+        self.postings: dict[str, dict[int, int]] = defaultdict(dict)
+        self.lengths: dict[int, int] = {}
+        self.total_len = 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def add(self, ids: Iterable[int], texts: Iterable[str]) -> None:
+        for cid, text in zip(ids, texts, strict=True):
+            counts = Counter(tokenize(text))
+            for term, tf in counts.items():
+                self.postings[term][cid] = tf
+            n = sum(counts.values())
+            self.lengths[cid] = n
+            self.total_len += n
+
+    def delete(self, ids: Iterable[int], texts: Iterable[str]) -> None:
+        for cid, text in zip(ids, texts, strict=True):
+            for term in set(tokenize(text)):
+                posting = self.postings.get(term)
+                if posting is not None:
+                    posting.pop(cid, None)
+                    if not posting:
+                        del self.postings[term]
+            self.total_len -= self.lengths.pop(cid, 0)
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """Top-k (chunk id, normalised score in [0, 1])."""
+        n = len(self.lengths)
+        terms = [t for t in dict.fromkeys(tokenize(query)) if t in self.postings]
+        if not n or not terms:
+            return []
+        avg = self.total_len / n
+        scores: dict[int, float] = defaultdict(float)
+        best_possible = 0.0
+        for term in terms:
+            posting = self.postings[term]
+            idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            best_possible += idf * (_K1 + 1)
+            for cid, tf in posting.items():
+                norm = _K1 * (1 - _B + _B * self.lengths[cid] / avg)
+                scores[cid] += idf * tf * (_K1 + 1) / (tf + norm)
+        # Terms the corpus lacks still count in the maximum: a query half made of unknown words
+        # cannot reach a full keyword score.
+        missing = len(set(tokenize(query))) - len(terms)
+        best_possible += missing * math.log(1 + (n + 0.5) / 0.5) * (_K1 + 1)
+        top = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)[:k]
+        return [(cid, min(1.0, s / best_possible)) for cid, s in top]
+
+    # Plain-data state for persistence (pickled by the store inside its atomic commit).
+    def state(self) -> dict:
+        return {"postings": dict(self.postings), "lengths": self.lengths, "total_len": self.total_len}
+
+    @classmethod
+    def from_state(cls, state: dict) -> BM25Index:
+        idx = cls()
+        idx.postings = defaultdict(dict, state["postings"])
+        idx.lengths = state["lengths"]
+        idx.total_len = state["total_len"]
+        return idx

@@ -1,0 +1,95 @@
+"""Shared fixtures: real models, real files from ../shared/data, a real server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+for _name in [n for n in os.environ if n.startswith("KBCHAT_")]:
+    del os.environ[_name]  # tests choose their settings explicitly
+
+from configs.settings import Settings, load_settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DOCUMENTS = SHARED_DATA / "documents"
+RETRIEVAL = SHARED_DATA / "retrieval"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    """Settings for a test: its own data dir, the small fast LLM unless a test asks otherwise."""
+    base = {"llm_model": "smollm2-135m", "max_tokens": 48, "condense_question": False}
+    return load_settings(data_dir=data_dir, **(base | overrides))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = make_settings(tmp_path / "data")
+    s.prepare_dirs()
+    return s
+
+
+@pytest.fixture
+def manager(settings: Settings):
+    from kb.service import KnowledgeBaseManager
+
+    return KnowledgeBaseManager(settings)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """The real app (FastAPI + Gradio) served by uvicorn in a thread on 127.0.0.1."""
+
+    def __init__(self, settings: Settings):
+        import uvicorn
+
+        from api.server import create_app
+        from services import Services
+
+        self.services = Services(settings)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(self.services)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.time() + 120
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    with LiveServer(settings) as server:
+        yield server

@@ -1,0 +1,114 @@
+"""Splitter, keyword index and embeddings: the pure building blocks of kb/."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kb.keyword import BM25Index, tokenize
+from kb.splitter import chunk_documents, embedding_text, split_text
+from kb.types import Document
+
+
+def test_split_prefers_chinese_sentence_ends_and_respects_size():
+    text = "第一句话讲的是天气。第二句话讲的是交通！第三句话讲的是饮食？" * 20
+    chunks = split_text(text, 50, 10)
+    assert len(chunks) > 5
+    assert all(len(c) <= 50 for c in chunks)
+    # Every chunk ends at a sentence boundary: nothing cut mid-sentence when sentences fit.
+    assert all(c[-1] in "。！？" for c in chunks)
+
+
+def test_split_falls_back_to_commas_then_hard_cut():
+    clause = "这是一个没有句号的很长的从句，"
+    chunks = split_text(clause * 30, 40, 0)
+    assert all(len(c) <= 40 for c in chunks)
+    assert all(c.endswith("，") for c in chunks[:-1])
+    hard = split_text("字" * 95, 30, 0)
+    assert [len(c) for c in hard] == [30, 30, 30, 5]
+
+
+def test_split_overlap_carries_whole_sentences():
+    text = "".join(f"句子{i}在这里。" for i in range(30))
+    chunks = split_text(text, 40, 15)
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        first_sentence_of_b = b.split("。")[0] + "。"
+        assert first_sentence_of_b in a  # b starts with a sentence repeated from a
+
+
+def test_split_english_sentences():
+    text = "Apples are red. Bananas are yellow. Cherries are dark red. " * 10
+    chunks = split_text(text, 60, 0)
+    assert all(len(c) <= 60 and c.endswith(".") for c in chunks)
+
+
+def test_no_text_lost_without_overlap():
+    text = "甲乙丙丁。" * 50 + "\n\n" + "English words here. " * 30
+    chunks = split_text(text, 70, 0)
+    assert "".join(chunks).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
+
+
+def test_chunks_capped_at_model_tokens_and_keep_page_heading():
+    docs = [Document(text="很长的中文内容。" * 200, page=3, heading="第二章")]
+    chunks = chunk_documents(docs, file_id="f", size=1000, overlap=0, max_tokens=64,
+                             count_tokens=lambda t: len(t), first_id=10)
+    assert all(len(c.text) <= 64 - 16 for c in chunks)
+    assert [c.id for c in chunks] == list(range(10, 10 + len(chunks)))
+    assert {c.page for c in chunks} == {3} and {c.heading for c in chunks} == {"第二章"}
+
+
+def test_embedding_text_prefixes_title_and_heading_once():
+    [c] = chunk_documents([Document(text="正文内容", heading="安装")], file_id="f", size=100, overlap=0)
+    assert embedding_text(c, "用户手册") == "用户手册 > 安装\n正文内容"
+    assert embedding_text(c, None) == "安装\n正文内容"
+
+
+def test_tokenize_chinese_english_and_traditional():
+    toks = tokenize("Running proteins 蛋白质的研究")
+    assert "run" in toks and "protein" in toks and "蛋白质" in toks
+    assert "的" not in toks
+    # Traditional and Simplified fold to the same tokens.
+    assert tokenize("臺灣的資訊科技") == tokenize("台湾的资讯科技")
+
+
+def test_bm25_ranks_scores_in_unit_interval_and_deletes():
+    idx = BM25Index()
+    texts = ["苹果公司发布新手机", "香蕉是一种水果", "Apple released a phone", "今天天气很好"]
+    idx.add(range(4), texts)
+    hits = idx.search("苹果手机", 4)
+    assert hits[0][0] == 0
+    assert all(0.0 <= s <= 1.0 for _, s in hits)
+    assert idx.search("蘋果手機", 4)[0][0] == 0  # Traditional query, Simplified text
+    idx.delete([0], [texts[0]])
+    assert all(cid != 0 for cid, _ in idx.search("苹果手机", 4))
+    restored = BM25Index.from_state(idx.state())
+    assert restored.search("香蕉", 1) == idx.search("香蕉", 1)
+
+
+def test_bm25_partial_match_scores_lower_than_full_match():
+    idx = BM25Index()
+    idx.add([1, 2], ["protein folding dynamics", "protein"])
+    full = dict(idx.search("protein folding", 2))
+    assert full[1] > full[2]
+    assert dict(idx.search("protein zebra", 2))[2] < 1.0
+
+
+@pytest.mark.parametrize("model", ["minilm", "use-multilingual"])
+def test_packaged_embedders_are_normalised_and_meaningful(model):
+    from kb.embeddings import create_embedder
+
+    emb = create_embedder(model)
+    docs = emb.encode_documents(["The cat sits on the mat.", "Stock markets fell sharply today."])
+    assert docs.shape == (2, emb.dim) and docs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-4)
+    q = emb.encode_query("Where is the cat?")
+    assert q @ docs[0] > q @ docs[1]
+    assert emb.count_tokens("hello world") >= 2
+
+
+def test_unknown_embedding_model_is_a_clear_error():
+    from kb.embeddings import create_embedder
+    from kb.types import KBError
+
+    with pytest.raises(KBError, match="unknown embedding model"):
+        create_embedder("no-such-model")
