@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(ROOT / "knowledge_base", description="Where every KB, model and temp file lives")
     host: str = Field("127.0.0.1", description="Bind address (loopback unless told otherwise)")
     port: int = Field(7860, ge=1, le=65535)
-    api_keys: list[str] = Field(default_factory=list, description="When set, every /v1 and /api route needs Bearer auth")
+    api_keys: list[str] = Field(
+        default_factory=list, description="When set, every /v1 and /api route needs Bearer auth")
     ui_auth: str | None = Field(None, description="'user:password' to require a login for the web UI")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed")
     max_upload_mb: int = Field(200, ge=1, description="Largest accepted upload per request")
@@ -46,24 +47,29 @@ class Settings(BaseSettings):
         "minilm",
         description="Packaged model key (minilm, use-multilingual, e5-small) or a local sentence-transformers dir",
     )
-    chunk_size: int = Field(400, ge=50, le=4000, description="Max characters per chunk", json_schema_extra=_ui("kb"))
-    chunk_overlap: int = Field(80, ge=0, le=1000, description="Characters shared by neighbouring chunks", json_schema_extra=_ui("kb"))
+    chunk_size: int = Field(
+        400, ge=50, le=4000, description="Max characters per chunk", json_schema_extra=_ui("kb"))
+    chunk_overlap: int = Field(
+        80, ge=0, le=1000, description="Characters shared by neighbouring chunks", json_schema_extra=_ui("kb"))
     title_prefix: bool = Field(True, description="Prefix each chunk's embedding text with its file title / heading")
     embed_batch_size: int = Field(32, ge=1, le=1024)
     max_file_mb: int = Field(100, ge=1, description="Files larger than this are refused")
     file_timeout_s: int = Field(600, ge=5, description="Per-file loading time limit")
     max_pages: int = Field(2000, ge=1, description="Pages read per document at most")
     ocr: bool = Field(True, description="OCR scanned PDF pages and images (RapidOCR, offline)")
-    checkpoint_seconds: float = Field(30.0, ge=0.0, description="Long ingests commit this often, so a crash loses little")
+    checkpoint_seconds: float = Field(
+        30.0, ge=0.0, description="Long ingests commit this often, so a crash loses little")
 
     # --- retrieval ----------------------------------------------------------------------
-    top_k: int = Field(4, ge=1, le=50, description="Chunks given to the model", json_schema_extra=_ui("retrieval"))
+    top_k: int = Field(
+        4, ge=1, le=50, description="Chunks given to the model", json_schema_extra=_ui("retrieval"))
     score_threshold: float = Field(
         0.3, ge=0.0, le=1.0,
         description="Drop chunks whose score (0-1, higher = more similar) is below this",
         json_schema_extra=_ui("retrieval"),
     )
-    search_mode: SearchMode = Field("hybrid", description="dense, keyword or hybrid", json_schema_extra=_ui("retrieval"))
+    search_mode: SearchMode = Field(
+        "hybrid", description="dense, keyword or hybrid", json_schema_extra=_ui("retrieval"))
     hybrid_alpha: float = Field(0.6, ge=0.0, le=1.0, description="Weight of the dense score in hybrid mode")
     rerank_model: str | None = Field(None, description="Local sentence-transformers CrossEncoder dir; off when unset")
 
@@ -71,8 +77,11 @@ class Settings(BaseSettings):
     llm_backend: Literal["llamacpp", "transformers", "openai"] = Field("llamacpp")
     llm_model: str = Field(
         "qwen2.5-coder-1.5b",
-        description="Packaged GGUF key (qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, smollm2-135m), a .gguf path or an HF dir",
+        description="Packaged GGUF key (qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, smollm2-135m), "
+        "a .gguf path or an HF dir",
     )
+    trust_remote_code: bool = Field(
+        False, description="Let the transformers backend run Python code shipped in a model dir (ChatGLM needs it)")
     openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="For llm_backend=openai")
     openai_api_key: str = Field("EMPTY")
     openai_model: str = Field("default")
@@ -80,8 +89,10 @@ class Settings(BaseSettings):
     n_threads: int = Field(2, ge=1, le=64)
     temperature: float = Field(0.3, ge=0.0, le=2.0, json_schema_extra=_ui("llm"))
     top_p: float = Field(0.9, ge=0.0, le=1.0, json_schema_extra=_ui("llm"))
-    max_tokens: int = Field(512, ge=1, le=8192, description="Max new tokens", json_schema_extra=_ui("llm"))
-    history_turns: int = Field(3, ge=0, le=20, description="Previous turns kept in the prompt", json_schema_extra=_ui("llm"))
+    max_tokens: int = Field(
+        512, ge=1, le=8192, description="Max new tokens", json_schema_extra=_ui("llm"))
+    history_turns: int = Field(
+        3, ge=0, le=20, description="Previous turns kept in the prompt", json_schema_extra=_ui("llm"))
     condense_question: bool = Field(
         True, description="Rewrite follow-up questions into standalone ones before retrieval",
         json_schema_extra=_ui("retrieval"),

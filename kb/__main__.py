@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dataset_dir", type=Path)
     p.add_argument("--split", default="test")
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--mode", choices=["dense", "keyword", "hybrid"])
+    p.add_argument("--mode", help="dense, keyword, hybrid, or hybrid:ALPHA (several: comma-separated)")
     p.add_argument("--compare", action="store_true", help="score dense, keyword and hybrid side by side")
     p.add_argument("--limit-queries", type=int)
     p.add_argument("--chunk-size", type=int)
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from kb.evaluate import evaluate
 
-    modes = ["dense", "keyword", "hybrid"] if args.compare else [args.mode or settings.search_mode]
+    modes = ["dense", "keyword", "hybrid"] if args.compare else (args.mode or settings.search_mode).split(",")
     out = evaluate(args.dataset_dir, settings, split=args.split, top_k=args.top_k, modes=modes,
                    limit_queries=args.limit_queries, progress=not args.json)
     if args.json:
@@ -157,13 +157,13 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     first = out[modes[0]]
     print(f"dataset {args.dataset_dir} split={args.split} embedding={first['embedding_model']} "
           f"chunks={first['chunks']} queries={first['queries']} index_seconds={first['index_seconds']}")
-    print(f"{'mode':8} {'nDCG@10':>8} {'Recall@10':>10} {'MRR@10':>8} {'p50 ms':>8}")
+    print(f"{'mode':12} {'nDCG@10':>8} {'Recall@10':>10} {'MRR@10':>8} {'p50 ms':>8}")
     for mode, m in out.items():
-        print(f"{mode:8} {m['ndcg@10']:8.4f} {m['recall@10']:10.4f} {m['mrr@10']:8.4f} {m['query_p50_ms']:8.1f}")
+        print(f"{mode:12} {m['ndcg@10']:8.4f} {m['recall@10']:10.4f} {m['mrr@10']:8.4f} {m['query_p50_ms']:8.1f}")
     return 0
 
 
-def _chat(args: argparse.Namespace, settings: Settings, manager) -> int:  # noqa: ANN001
+def _chat(args: argparse.Namespace, settings: Settings, manager) -> int:
     from llm.backends import create_backend
     from llm.chat import ChatOptions, ChatService
 

@@ -107,7 +107,11 @@ def evaluate(dataset_dir: Path, settings: Settings, split: str = "test", top_k: 
         failed = [r for r in results if r.status == "failed"]
         id_of = {f["file_id"]: Path(f["name"]).stem for f in kb.files()}
         out: dict[str, dict[str, float]] = {}
-        for mode in modes or [kb.search_mode]:
+        for mode_spec in modes or [kb.search_mode]:
+            # "hybrid:0.4" scores hybrid with alpha 0.4, so one index serves an alpha sweep.
+            mode, _, alpha = mode_spec.partition(":")
+            if alpha:
+                eval_settings.hybrid_alpha = float(alpha)
             ndcg, recall, mrr, lat = [], [], [], []
             for qid in qids:
                 t = time.perf_counter()
@@ -124,7 +128,7 @@ def evaluate(dataset_dir: Path, settings: Settings, split: str = "test", top_k: 
                 ndcg.append(_ndcg(ranked, rel))
                 recall.append(_recall(ranked, rel))
                 mrr.append(_mrr(ranked, rel))
-            out[mode] = {
+            out[mode_spec] = {
                 "ndcg@10": round(statistics.fmean(ndcg), 4),
                 "recall@10": round(statistics.fmean(recall), 4),
                 "mrr@10": round(statistics.fmean(mrr), 4),

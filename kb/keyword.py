@@ -106,15 +106,20 @@ class BM25Index:
             self.lengths[cid] = n
             self.total_len += n
 
-    def delete(self, ids: Iterable[int], texts: Iterable[str]) -> None:
-        for cid, text in zip(ids, texts, strict=True):
-            for term in set(tokenize(text)):
-                posting = self.postings.get(term)
-                if posting is not None:
-                    posting.pop(cid, None)
-                    if not posting:
-                        del self.postings[term]
-            self.total_len -= self.lengths.pop(cid, 0)
+    def delete(self, ids: Iterable[int]) -> None:
+        # One pass over the postings instead of re-tokenising the texts: deletion stays correct
+        # even if tokenisation or title prefixes changed since the chunks were indexed.
+        gone = {cid for cid in ids if cid in self.lengths}
+        if not gone:
+            return
+        for term in list(self.postings):
+            posting = self.postings[term]
+            for cid in gone.intersection(posting):
+                del posting[cid]
+            if not posting:
+                del self.postings[term]
+        for cid in gone:
+            self.total_len -= self.lengths.pop(cid)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """Top-k (chunk id, normalised score in [0, 1])."""

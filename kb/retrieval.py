@@ -69,7 +69,8 @@ def search(
         if tokenize(query):
             keyword.update(_keyword_scores_for(state, query, only_dense))
         a = params.alpha
-        scored = {cid: a * dense.get(cid, 0.0) + (1 - a) * keyword.get(cid, 0.0) for cid in dense.keys() | keyword.keys()}
+        scored = {cid: a * dense.get(cid, 0.0) + (1 - a) * keyword.get(cid, 0.0)
+                  for cid in dense.keys() | keyword.keys()}
 
     ranked = sorted(scored.items(), key=lambda kv: kv[1], reverse=True)
     files = state.manifest["files"]

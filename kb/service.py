@@ -25,7 +25,7 @@ from kb.embeddings import Embedder, create_embedder
 from kb.retrieval import SearchParams
 from kb.retrieval import search as run_search
 from kb.splitter import chunk_documents, embedding_text
-from kb.store import MANIFEST, FORMAT_VERSION, IndexState, KBLock, atomic_write, read_manifest, write_manifest
+from kb.store import FORMAT_VERSION, MANIFEST, IndexState, KBLock, atomic_write, read_manifest, write_manifest
 from kb.types import Chunk, FileResult, Hit, KBConflict, KBError, KBNotFound, LoadedFile, LoadError
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class KnowledgeBase:
                 file_id = sha256_file(path)
                 results[-1].file_id = file_id
                 known = files.get(file_id)
-                if known and known["status"] == "indexed" or any(p.file_id == file_id for p in pending):
+                if (known and known["status"] == "indexed") or any(p.file_id == file_id for p in pending):
                     results[-1] = FileResult(name=name, status="duplicate", file_id=file_id,
                                              chunks=(known or {}).get("chunks", 0))
                     continue
@@ -229,7 +229,8 @@ class KnowledgeBase:
                 dirty = True
             except Exception as e:  # a bug or a library failure must not take the batch down
                 log.exception("ingest of %s failed", name)
-                self._record_failure(files, results[-1], path, name, f"internal error: {type(e).__name__}: {e}", started)
+                reason = f"internal error: {type(e).__name__}: {e}"
+                self._record_failure(files, results[-1], path, name, reason, started)
                 dirty = True
             if sum(len(p.chunks) for p in pending) >= _EMBED_BATCH_CHUNKS:
                 self._flush(state, pending, results)
@@ -296,18 +297,13 @@ class KnowledgeBase:
 
         ids = [cid for cid, c in state.chunks.items() if c.file_id == file_id]
         state.vectors.delete(np.array(ids, dtype=np.int64))
-        state.bm25.delete(ids, [self._indexed_text(state, state.chunks[cid]) for cid in ids])
+        state.bm25.delete(ids)
         for cid in ids:
             del state.chunks[cid]
         rec = state.manifest["files"].pop(file_id, None)
         if rec and rec.get("stored"):
             # Deleted after the commit that drops the record; see delete_file / _sweep_sources.
             state.manifest.setdefault("orphans", []).append(rec["stored"])
-
-    def _indexed_text(self, state: IndexState, chunk: Chunk) -> str:
-        rec = state.manifest["files"].get(chunk.file_id, {})
-        title = rec.get("title") or Path(rec.get("name", "")).stem
-        return embedding_text(chunk, title) if self.settings.title_prefix else chunk.text
 
     def _sweep_sources(self, state: IndexState) -> None:
         orphans = state.manifest.pop("orphans", [])

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class FaissStore:
 class KBLock:
     """Re-entrant within a thread, exclusive across threads and processes."""
 
-    _thread_locks: dict[Path, threading.RLock] = {}
+    _thread_locks: ClassVar[dict[Path, threading.RLock]] = {}
     _guard = threading.Lock()
 
     def __init__(self, kb_dir: Path):

@@ -1,0 +1,114 @@
+"""Run load_file in a child process with a wall-clock and an address-space limit.
+
+A plain ``python -m kb.loaders.isolate`` child (subprocess) is used rather than multiprocessing:
+it never re-imports the caller's ``__main__`` (an unguarded app script would re-run in a spawn
+child), works the same from any thread, and a segfault/abort in MuPDF or onnxruntime only kills the
+child. Request and result travel as pickles over stdin / a private copy of stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from kb.loaders.base import LoaderOptions
+from kb.types import LoadedFile, LoadError
+
+_ROOT = Path(__file__).resolve().parents[2]  # the directory that contains the kb package
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:g}"
+
+
+def run_isolated(path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
+    request = pickle.dumps((str(path), name, options))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kb.loaders.isolate"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(request, timeout=options.timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise LoadError(f"timed out after {_fmt_seconds(options.timeout_s)} s") from None
+        except BaseException:
+            _kill(proc)
+            raise
+        code = proc.returncode
+        if out:
+            try:
+                status, payload = pickle.loads(out)
+            except Exception:  # truncated pickle: the child died while writing
+                status, payload = "crash", None
+            if status == "ok" and isinstance(payload, LoadedFile):
+                return payload
+            if status == "err":
+                raise LoadError(str(payload))
+        if code is not None and code < 0:
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+            hint = "; probably out of memory" if sig in ("SIGKILL", "SIGABRT") else ""
+            raise LoadError(f"loader crashed ({sig}{hint})")
+        err.seek(0, os.SEEK_END)
+        err.seek(max(0, err.tell() - 2000))
+        tail = err.read().decode("utf-8", "replace").strip().splitlines()
+        if any("MemoryError" in line or "bad_alloc" in line for line in tail):
+            raise LoadError("too large to load in memory")
+        last = tail[-1][:150] if tail else ""
+        raise LoadError(f"loader crashed (exit code {code}{': ' + last if last else ''})")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child's own session: nothing else is in it
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def _child() -> None:
+    # Keep the real stdout for the result; anything printed by libraries goes to stderr instead.
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    path, name, options = pickle.loads(sys.stdin.buffer.read())
+    try:
+        import resource
+
+        limit = int(options.max_memory_mb) * 1024 * 1024
+        if limit > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass  # not fatal: the time limit still applies
+    from kb.loaders import load_file
+
+    try:
+        result: tuple[str, object] = ("ok", load_file(Path(path), name=name, options=options))
+        data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except LoadError as exc:
+        data = pickle.dumps(("err", exc.reason))
+    except MemoryError:
+        data = pickle.dumps(("err", "too large to load in memory"))
+    with os.fdopen(result_fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+    # Skip interpreter teardown: native libraries (onnxruntime threads) sometimes crash on exit.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,63 @@
+"""`python -m kb` as a user runs it: a real subprocess, real files, real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import DOCUMENTS, REPO, RETRIEVAL
+
+
+def kb_cli(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "kb", *args, "--data-dir", str(data_dir)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_ingest_folder_search_and_files(tmp_path):
+    data = tmp_path / "data"
+    broken = tmp_path / "extra"
+    broken.mkdir()
+    (broken / "blank.txt").write_text("  \n\n ", encoding="utf-8")
+    out = kb_cli("ingest", "--kb", "docs", str(DOCUMENTS / "md_kb_zh"), str(broken), data_dir=data).stdout
+    lines = out.strip().splitlines()
+    assert sum("indexed with" in line for line in lines) >= 5
+    assert any(line.startswith("blank.txt: failed: empty") for line in lines)
+    assert lines[-1].startswith("summary: ") and "1 failed" in lines[-1]
+
+    again = kb_cli("ingest", "--kb", "docs", str(DOCUMENTS / "md_kb_zh"), data_dir=data).stdout
+    assert "skipped, duplicate" in again and "0 indexed" in again
+
+    hits = json.loads(kb_cli("search", "--kb", "docs", "张量并行是什么", "--json", "--top-k", "3",
+                             "--threshold", "0", data_dir=data).stdout)
+    assert len(hits) == 3 and hits[0]["file"] == "Langchain-Chatchat__分布式训练技术原理.md"
+    assert all(set(h) >= {"file", "page", "heading", "score", "text"} for h in hits)
+    files = kb_cli("files", "--kb", "docs", data_dir=data).stdout
+    assert "failed" in files and "indexed" in files
+
+
+def test_errors_are_one_line_not_tracebacks(tmp_path):
+    data = tmp_path / "data"
+    missing = kb_cli("ingest", "--kb", "x", str(tmp_path / "nope.pdf"), data_dir=data, check=False)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no such file")
+    unknown = kb_cli("search", "--kb", "absent", "q", data_dir=data, check=False)
+    assert unknown.returncode == 2 and "does not exist" in unknown.stderr
+    bad = kb_cli("create", "../escape", data_dir=data, check=False)
+    assert bad.returncode == 2 and "invalid knowledge base name" in bad.stderr
+
+
+def test_eval_prints_metrics_json_on_cmrc(tmp_path):
+    proc = kb_cli("eval", str(RETRIEVAL / "cmrc2018-trial"), "--split", "test", "--limit-queries", "200",
+                  "--json", data_dir=tmp_path / "data")
+    m = json.loads(proc.stdout)
+    assert set(m) >= {"ndcg@10", "recall@10", "mrr@10", "queries", "index_seconds"}
+    assert m["queries"] == 200
+    # cmrc2018 is lexically easy: anything well below this means retrieval is broken.
+    assert m["ndcg@10"] > 0.85 and m["recall@10"] > 0.9
