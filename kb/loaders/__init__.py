@@ -123,7 +123,9 @@ def load_file(path: Path, *, name: str | None = None, options: LoaderOptions | N
         raise LoadError("too deeply nested to load") from None
     except Exception as exc:  # the contract: only LoadError leaves this function
         label = ext_of(path, name).lstrip(".").upper() or "file"
-        detail = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ""
+        # Libraries quote the path they opened: show the user's file name, never a server temp path.
+        message = str(exc).replace(str(path), name or path.name).strip()
+        detail = message.splitlines()[0][:150] if message else ""
         raise LoadError(f"damaged {label} file: {type(exc).__name__}{': ' + detail if detail else ''}") from None
 
 

@@ -1,0 +1,90 @@
+"""Runs ChatService generation off the event loop, with cancellation.
+
+A producer thread drives ``ChatService.stream`` and hands events to the loop through an asyncio queue; the
+consumer (an SSE response, the polling sessions) awaits them. Closing the consumer sets the cancel Event at
+once, which the backends check between tokens, so a disconnected client stops generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from api.errors import ModelUnavailable
+from llm.backends.base import LLMError
+from llm.chat import ChatEvent, ChatOptions, ChatService
+from services import Services
+
+_END = object()
+
+
+def get_chat(services: Services) -> ChatService:
+    """The chat service, loading the model on first use; a load failure is a 503 (the server is fine)."""
+    try:
+        return services.chat
+    except LLMError as e:
+        raise ModelUnavailable(f"the language model is not available: {e}") from e
+
+
+def cap_max_tokens(services: Services, requested: int | None) -> int:
+    # The server's max_tokens setting is a hard cap: a shared CPU box must not be tied up by one client.
+    limit = services.settings.max_tokens
+    return limit if requested is None else max(1, min(requested, limit))
+
+
+def check_kb(services: Services, name: str | None) -> None:
+    """Fail fast (404/400) before any generation starts or a stream is opened."""
+    if name:
+        services.kbs.get(name)
+
+
+class ThreadedChat:
+    """Async iterator over the ChatEvents of one generation running in a daemon thread."""
+
+    def __init__(self, chat: ChatService, question: str, history: list[tuple[str, str]], options: ChatOptions):
+        self.cancel_event = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._thread = threading.Thread(target=self._produce, args=(chat, question, history, options),
+                                        daemon=True, name="api-chat")
+        self._thread.start()
+
+    def _put(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed (server shutting down): nobody is listening any more
+            self.cancel_event.set()
+
+    def _produce(self, chat: ChatService, question: str, history: list[tuple[str, str]],
+                 options: ChatOptions) -> None:
+        gen = None
+        try:
+            gen = chat.stream(question, history, options, cancel=self.cancel_event)
+            for event in gen:
+                self._put(event)
+                if self.cancel_event.is_set():
+                    break
+        except BaseException as e:  # handed to the consumer, which renders it
+            self._put(e)
+        finally:
+            if gen is not None:
+                gen.close()
+            self._put(_END)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    async def events(self) -> AsyncIterator[ChatEvent]:
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # Normal end, client disconnect (CancelledError / aclose) or error: stop the producer either way.
+            self.cancel_event.set()

@@ -1,0 +1,124 @@
+"""Request models (with constraints) and small renderers shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kb.types import Hit
+
+SearchMode = Literal["dense", "keyword", "hybrid"]
+
+
+# --- OpenAI-compatible --------------------------------------------------------------------
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, ... are accepted and ignored
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    # Unknown OpenAI fields (stream_options, seed, user, ...) are accepted and ignored so stock clients work.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "model": "kb:docs", "messages": [{"role": "user", "content": "What is in the docs?"}], "max_tokens": 64,
+    }]})
+    model: str = Field(..., max_length=200, description="The LLM id, or 'kb:<name>' to answer from a knowledge base")
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=500)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, le=131072, description="Capped at the server's max_tokens setting")
+    max_completion_tokens: int | None = Field(None, ge=1, le=131072)
+    stop: str | list[str] | None = Field(None, description="Up to 4 stop sequences")
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="Only 1 is supported")
+    knowledge_base: str | None = Field(None, max_length=200, description="KB name (alternative to model='kb:<name>')")
+    top_k: int | None = Field(None, ge=1, le=50)
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    search_mode: SearchMode | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: str | list[str] = Field(..., description="A string or up to 2048 strings")
+    model: str | None = Field(None, max_length=500,
+                              description="A packaged embedding key, 'kb:<name>' (that KB's model), else the default")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, le=100000)
+
+
+# --- knowledge bases ------------------------------------------------------------------------
+class KBCreate(BaseModel):
+    name: str = Field(..., min_length=1, max_length=200)
+    embedding_model: str | None = Field(None, max_length=500)
+    search_mode: SearchMode | None = None
+
+
+class KBUpdate(BaseModel):
+    search_mode: SearchMode
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(..., min_length=1, max_length=10000)
+    top_k: int | None = Field(None, ge=1, le=50)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    mode: SearchMode | None = None
+
+
+# --- ChatGLM-style migration ----------------------------------------------------------------
+class RoleMessage(BaseModel):
+    role: str = Field(..., max_length=20)
+    content: str
+
+
+class LegacyChatRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "prompt": "你好", "history": [], "max_length": 256, "top_p": 0.7, "temperature": 0.95,
+    }]})
+    prompt: str = Field(..., min_length=1, max_length=20000)
+    history: list[tuple[str, str]] | list[RoleMessage] | None = Field(
+        None, max_length=200, description="[[question, answer], ...] (ChatGLM) or role/content messages")
+    max_length: int | None = Field(None, ge=1, le=131072, description="Caps new tokens (and the server's max_tokens)")
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    knowledge_base: str | None = Field(None, max_length=200)
+    top_k: int | None = Field(None, ge=1, le=50)
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+
+def history_pairs(history: list[tuple[str, str]] | list[RoleMessage] | None) -> list[tuple[str, str]]:
+    """ChatGLM pairs as they are; role/content messages paired user -> following assistant."""
+    if not history:
+        return []
+    if isinstance(history[0], RoleMessage):
+        pairs: list[tuple[str, str]] = []
+        pending: str | None = None
+        for m in history:
+            assert isinstance(m, RoleMessage)
+            if m.role == "user":
+                if pending is not None:
+                    pairs.append((pending, ""))
+                pending = m.content
+            elif m.role == "assistant":
+                pairs.append((pending or "", m.content))
+                pending = None
+        if pending is not None:
+            pairs.append((pending, ""))
+        return pairs
+    return [(str(q), str(a)) for q, a in history]  # type: ignore[misc]
+
+
+def source_dict(hit: Hit) -> dict[str, Any]:
+    return {"file": hit.file, "page": hit.page, "score": round(float(hit.score), 4), "text": hit.text,
+            "heading": hit.heading, "chunk_id": hit.chunk_id}
+
+
+def hit_dict(hit: Hit) -> dict[str, Any]:
+    return source_dict(hit) | {"file_id": hit.file_id, "dense_score": hit.dense_score,
+                               "keyword_score": hit.keyword_score, "rerank_score": hit.rerank_score}
