@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -139,17 +140,26 @@ class ChatService:
         return prompts.clean_condensed(out, question)
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!#|~<>{}+\-.])")
+
+
+def escape_markdown(text: str) -> str:
+    """Text from documents shown inside markdown: HTML-escaped and markdown-escaped, so neither
+    markup (``<img onerror>``) nor markdown (``![x](http://host/track.png)``) takes effect."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+
+
 def format_sources(hits: Sequence[Any], lang: prompts.Lang = "en", snippet_chars: int = 200) -> str:
-    """Markdown list of sources; document text is HTML-escaped so markup in a file shows as text."""
+    """Markdown list of sources; file names and snippets are shown as literal text."""
     score_word = "相似度" if lang == "zh" else "score"
     blocks = []
     for i, h in enumerate(hits, 1):
-        head = [f"[{i}] {html.escape(str(h.file))}"]
+        head = [f"\\[{i}\\] {escape_markdown(str(h.file))}"]
         if h.page is not None:
             head.append(f"p.{h.page}")
         head.append(f"{score_word} {float(h.score):.2f}")
         text = " ".join(str(h.text).split())
         if len(text) > snippet_chars:
             text = text[:snippet_chars].rstrip() + "…"
-        blocks.append(" · ".join(head) + "\n> " + html.escape(text))
+        blocks.append(" · ".join(head) + "\n> " + escape_markdown(text))
     return "\n\n".join(blocks)

@@ -228,13 +228,17 @@ def test_answer_helper(settings):
     assert (text, got, query) == ("答案[1]。", hits, ZH_Q)
 
 
-def test_format_sources_escapes_html():
+def test_format_sources_escapes_html_and_markdown():
     md = format_sources([hit("<script>alert(1)</script> " + "x" * 300, "a<b>.pdf", 3, 0.8234),
-                         hit("plain", "b.md", None, 0.5)])
-    first, second = md.split("\n\n")
-    assert first.startswith("[1] a&lt;b&gt;.pdf · p.3 · score 0.82\n> &lt;script&gt;alert(1)&lt;/script&gt; x")
+                         hit("plain", "b_c.md", None, 0.5),
+                         hit("![t](http://evil.example/x.png) **bold**", "c.md", 1, 0.4)])
+    first, second, third = md.split("\n\n")
+    assert first.startswith(r"\[1\] a&lt;b&gt;\.pdf · p.3 · score 0.82" "\n"
+                            r"> &lt;script&gt;alert\(1\)&lt;/script&gt; x")
     assert first.endswith("…") and "<script>" not in md
-    assert second == "[2] b.md · score 0.50\n> plain"
+    assert second == r"\[2\] b\_c\.md · score 0.50" "\n> plain"
+    # A markdown image in a document must not become an image the browser fetches.
+    assert "![" not in third and r"\!\[t\]\(http://evil\.example/x\.png\) \*\*bold\*\*" in third
     assert "相似度 0.82" in format_sources([hit("t")], "zh")
 
 

@@ -1,0 +1,244 @@
+"""The web UI in a real browser (headless Debian chromium) against the real server, models and files."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DOCUMENTS, LiveServer, make_settings
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+Page = playwright_api.Page
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ZH_MD = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__大模型技术栈-实战与应用.md"
+PDF_NAME = "星河公司介绍.pdf"
+FACT = "星河公司的总部位于杭州市西湖区，成立于2015年。"
+KB = "星河资料"
+LLM_WAIT_MS = 240_000  # first question loads (and may assemble) the 1.5B model on 2 shared cores
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    settings = make_settings(tmp_path_factory.mktemp("ui") / "d", llm_model="qwen2.5-coder-1.5b", max_tokens=64)
+    with LiveServer(settings) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser: object, url: str, locale: str, dialogs: list[str] | None = None) -> Page:
+    ctx = browser.new_context(locale=locale, viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    if dialogs is not None:
+        def on_dialog(d: object) -> None:
+            dialogs.append(d.message)  # type: ignore[attr-defined]
+            d.dismiss()  # type: ignore[attr-defined]
+        page.on("dialog", on_dialog)
+    page.goto(url)
+    page.wait_for_selector("#chatbot")
+    return page
+
+
+def make_pdf(path: Path) -> Path:
+    import pymupdf
+
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "第一页：今天天气晴朗，适合户外运动。\n这里介绍登山路线和装备。",
+                               fontname="china-s", fontsize=12)
+    doc.new_page().insert_text((72, 72), FACT, fontname="china-s", fontsize=12)
+    doc.save(path)
+    return path
+
+
+def pick(page: Page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def last_bot(page: Page) -> object:
+    return page.locator("#chatbot [data-testid=bot]").last
+
+
+def ask(page: Page, question: str) -> None:
+    page.locator("#chat-input textarea").fill(question)
+    page.locator("#chat-send").click()
+
+
+def wait_idle(page: Page, bots: int, timeout_s: float = LLM_WAIT_MS / 1000) -> str:
+    """Wait until there are ``bots`` bot messages and the last one stopped changing (the stream ended)."""
+    deadline = time.time() + timeout_s
+    last, stable_since = None, time.time()
+    while time.time() < deadline:
+        msgs = page.locator("#chatbot [data-testid=bot]")
+        text = msgs.last.text_content() if msgs.count() >= bots else None
+        if text != last:
+            last, stable_since = text, time.time()
+        elif text and text.strip() not in ("", "…") and time.time() - stable_since > 3:
+            return text
+        time.sleep(0.25)
+    raise AssertionError(f"chat did not finish; last text: {last!r}")
+
+
+def test_interface_language_follows_browser(server: LiveServer, browser: object) -> None:
+    page = open_page(browser, server.url, "zh-CN")
+    expect(page.get_by_role("tab", name="知识库管理")).to_be_visible()
+    expect(page.locator("#chat-send")).to_have_text("发送")
+    expect(page.locator("#app-title")).to_contain_text("知识库问答")
+    page.context.close()
+
+    page = open_page(browser, server.url, "en-US")
+    expect(page.get_by_role("tab", name="Knowledge bases")).to_be_visible()
+    expect(page.locator("#chat-send")).to_have_text("Send")
+    page.get_by_role("tab", name="Knowledge bases").click()
+    # A label rendered from the Settings declaration, with the score's meaning spelled out.
+    expect(page.locator("#setting-score_threshold")).to_contain_text("higher = more similar")
+    page.context.close()
+
+
+def test_kb_upload_search_and_streamed_chat(server: LiveServer, browser: object, tmp_path: Path) -> None:
+    dialogs: list[str] = []
+    page = open_page(browser, server.url, "zh-CN", dialogs)
+
+    # --- create a KB, upload two good files and two bad ones in one go
+    page.get_by_role("tab", name="知识库管理").click()
+    page.locator("#kb-new-name textarea").fill(KB)
+    page.locator("#kb-create").click()
+    expect(page.locator("#kb-status")).to_contain_text(KB, timeout=180_000)  # first embedder load
+    expect(page.locator("#kb-info")).to_contain_text(KB)
+
+    pdf = make_pdf(tmp_path / PDF_NAME)
+    junk = tmp_path / "junk.pdf"
+    junk.write_bytes(b"\x00\x01 this is not a pdf " * 20)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    page.locator("#kb-upload input[type=file]").set_input_files([str(pdf), str(ZH_MD), str(junk), str(empty)])
+    # All four files listed in the upload box: the browser finished sending them.
+    expect(page.locator("#kb-upload").get_by_role("row", name=re.compile("Remove"))).to_have_count(4)
+    page.locator("#kb-upload-btn").click()
+    # gr.Progress fed by ingest's callback: "<i>/<n> <file>" while the (slow, sandboxed) PDF loads.
+    expect(page.get_by_text(re.compile(r"1/4 ")).first).to_be_visible(timeout=30_000)
+    results = page.locator("#kb-results")
+    expect(results).to_contain_text("indexed with", timeout=180_000)
+    text = results.text_content() or ""
+    assert re.search(re.escape(PDF_NAME) + r"\s*indexed with \d+ chunks", text), text
+    assert re.search(re.escape(ZH_MD.name) + r"\s*indexed with \d+ chunks", text), text
+    assert re.search(r"junk\.pdf\s*failed: \S", text), text  # a reason, not just "failed"
+    assert re.search(r"empty\.txt\s*failed: \S", text), text
+    files = page.locator("#kb-files")
+    expect(files).to_contain_text(PDF_NAME)
+    expect(files).to_contain_text("junk.pdf")
+    pick(page, "#kb-file-pick", "junk.pdf")
+    page.locator("#kb-file-delete").click()
+    expect(page.locator("#kb-status")).to_contain_text("junk.pdf")
+    expect(files).not_to_contain_text("junk.pdf")
+    expect(files).to_contain_text(PDF_NAME)
+    page.locator("#kb-rebuild").click()
+    expect(page.locator("#kb-status")).to_contain_text("重建", timeout=180_000)
+    expect(results).not_to_contain_text("failed")  # rebuild re-indexes the indexed files only
+    expect(results).to_contain_text(PDF_NAME)
+
+    # --- retrieval test: hits with scores
+    page.locator("#kb-search-query textarea").fill("星河公司的总部在哪里")
+    page.locator("#kb-search-btn").click()
+    hits = page.locator("#kb-hits")
+    expect(hits).to_contain_text(PDF_NAME, timeout=60_000)
+    expect(hits).to_contain_text("杭州市西湖区")
+    scores = [float(s) for s in re.findall(r"\b[01]\.\d{3}\b", hits.text_content() or "")]
+    assert scores and all(0.0 <= s <= 1.0 for s in scores), hits.text_content()
+    page.screenshot(path=str(tmp_path / "kb_tab.png"), full_page=True)
+
+    # --- chat over the KB: streamed answer, sources with file and page
+    page.get_by_role("tab", name="对话").click()
+    page.locator("#chat-mode").get_by_text("知识库问答").click()
+    pick(page, "#chat-kb", KB)
+    # Record every length the answer takes while it streams (the DOM updates per token batch).
+    page.evaluate("""() => {
+        window.__lens = [];
+        new MutationObserver(() => {
+            const bots = document.querySelectorAll('#chatbot [data-testid=bot]');
+            if (bots.length) window.__lens.push(bots[bots.length - 1].textContent.length);
+        }).observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});
+    }""")
+    ask(page, "星河公司的总部在哪里？")
+    expect(last_bot(page)).to_contain_text("p.2", timeout=LLM_WAIT_MS)  # the footer comes after the last token
+    answer = wait_idle(page, 1)
+    assert PDF_NAME in answer and "相似度" in answer, answer
+    assert answer.split("出处")[0].strip(" …-"), f"empty answer: {answer!r}"
+    lens = page.evaluate("window.__lens")
+    assert len({n for n in lens if n > 1}) >= 3, f"the reply did not stream: {lens}"
+    page.screenshot(path=str(tmp_path / "chat_tab.png"), full_page=True)
+
+    # --- untrusted text is shown as text, never run as HTML
+    payload = "<img src=x onerror=alert(1)>"
+    ask(page, payload)
+    wait_idle(page, 2)
+    expect(page.locator("#chatbot [data-testid=user]").last).to_contain_text(payload)
+    assert page.locator("#chatbot img[src=x]").count() == 0
+    assert dialogs == [], dialogs
+
+    # --- Stop ends a long generation early (max tokens raised through the parameter accordion)
+    page.locator("#chat-params").get_by_text("参数").first.click()
+    max_tokens = page.locator("#setting-max_tokens input[type=number]")
+    max_tokens.fill("600")
+    max_tokens.press("Enter")
+    page.locator("#chat-mode").get_by_text("LLM 对话").click()
+    # A coder model reliably writes long code (a prose request may get a one-line refusal).
+    ask(page, "用 Python 写一个完整的学生成绩管理系统：增删改查、保存到 JSON 文件、命令行菜单。写出全部代码。")
+    expect(page.locator("#chatbot [data-testid=bot]")).to_have_count(3)
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll('#chatbot [data-testid=bot]');"
+        " return b.length === 3 && b[2].textContent.trim().length > 10; }", timeout=LLM_WAIT_MS)
+    page.locator("#chat-stop").click()
+    expect(last_bot(page)).to_contain_text("已停止", timeout=30_000)
+    stopped = wait_idle(page, 3)
+    assert len(stopped) < 1200, "the generation was not cut short"
+    page.screenshot(path=str(tmp_path / "chat_stopped.png"), full_page=True)
+
+    # --- Clear empties the conversation
+    page.locator("#chat-clear").click()
+    expect(page.locator("#chatbot [data-testid=user]")).to_have_count(0)
+    page.context.close()
+
+
+def test_delete_kb_asks_for_confirmation(server: LiveServer, browser: object) -> None:
+    page = open_page(browser, server.url, "en-US")
+    page.get_by_role("tab", name="Knowledge bases").click()
+    page.locator("#kb-new-name textarea").fill("scratch")
+    page.locator("#kb-create").click()
+    expect(page.locator("#kb-status")).to_contain_text("'scratch' created", timeout=180_000)
+    page.locator("#kb-delete").click()
+    expect(page.locator("#kb-delete-ask")).to_contain_text("'scratch'")
+    expect(page.locator("#kb-delete-ask")).to_contain_text("cannot be undone")
+    page.locator("#kb-delete-no").click()
+    expect(page.locator("#kb-delete-yes")).to_be_hidden()
+    assert "scratch" in server.services.kbs.names()  # cancel kept it
+
+    pick(page, "#kb-select", "scratch")
+    page.locator("#kb-delete").click()
+    page.locator("#kb-delete-yes").click()
+    expect(page.locator("#kb-status")).to_contain_text("'scratch' deleted")
+    assert "scratch" not in server.services.kbs.names()
+    # A user-facing KBError (duplicate name) is shown as a message, never a traceback.
+    server.services.kbs.create("dup")
+    page.locator("#kb-new-name textarea").fill("dup")
+    page.locator("#kb-create").click()
+    expect(page.get_by_text("already exists").first).to_be_visible(timeout=30_000)
+    assert "Traceback" not in (page.content())
+    page.context.close()

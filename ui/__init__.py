@@ -1,0 +1,1 @@
+"""Gradio web UI (see ui.web.build_ui)."""

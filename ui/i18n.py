@@ -1,0 +1,166 @@
+"""Interface text in English and Chinese.
+
+Static labels go through ``gr.I18n`` (translated in the browser from its language). Text produced by handlers
+(status lines, table headers, warnings) is chosen on the server from the request's ``Accept-Language``, because
+Gradio's I18n only translates static frontend strings, not values sent back by event handlers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import gradio as gr
+from gradio.i18n import I18nData
+
+Lang = Literal["en", "zh"]
+
+# key: (English, Chinese). Every string the UI shows has a key here.
+TEXT: dict[str, tuple[str, str]] = {
+    "title": ("Knowledge-base chat", "知识库问答"),
+    "subtitle": ("Offline chat with your documents. Model: ", "离线文档问答。模型："),
+    # --- chat tab
+    "tab_chat": ("Chat", "对话"),
+    "chat_mode": ("Mode", "模式"),
+    "mode_llm": ("LLM chat", "LLM 对话"),
+    "mode_kb": ("Knowledge base Q&A", "知识库问答"),
+    "chat_kb": ("Knowledge base", "知识库"),
+    "chatbot": ("Conversation", "对话"),
+    "question": ("Your question", "输入问题"),
+    "question_ph": ("Ask something… (Enter to send)", "请输入问题…（回车发送）"),
+    "send": ("Send", "发送"),
+    "stop": ("Stop", "停止"),
+    "clear": ("Clear", "清空"),
+    "params": ("Parameters", "参数"),
+    "params_llm": ("Generation", "生成参数"),
+    "params_retrieval": ("Retrieval", "检索参数"),
+    "sources": ("Sources", "出处"),
+    "query_rewritten": ("Retrieval query", "检索问题"),
+    "stopped": ("(stopped)", "（已停止）"),
+    "no_kb_chosen": ("Choose a knowledge base first, or switch to LLM chat.",
+                     "请先选择知识库，或切换到 LLM 对话模式。"),
+    "empty_question": ("Type a question first.", "请先输入问题。"),
+    # --- knowledge-base tab
+    "tab_kb": ("Knowledge bases", "知识库管理"),
+    "kb_select": ("Knowledge base", "知识库"),
+    "kb_refresh": ("Refresh", "刷新"),
+    "kb_info": ("Details", "详情"),
+    "kb_none": ("No knowledge base yet: create one below.", "还没有知识库：请在下方新建。"),
+    "kb_create_box": ("New knowledge base", "新建知识库"),
+    "kb_name": ("Name", "名称"),
+    "kb_name_ph": ("letters (any language), digits, - _ . or spaces", "任意语言文字、数字、- _ . 或空格"),
+    "kb_mode": ("Search mode", "检索模式"),
+    "kb_create": ("Create", "新建"),
+    "kb_created": ("Knowledge base '{name}' created.", "已新建知识库“{name}”。"),
+    "kb_delete": ("Delete this knowledge base", "删除此知识库"),
+    "kb_delete_confirm": ("Yes, delete it and all its files", "确认删除（含全部文件）"),
+    "kb_delete_cancel": ("Cancel", "取消"),
+    "kb_delete_ask": ("Delete knowledge base '{name}' and all its files? This cannot be undone.",
+                      "确定删除知识库“{name}”及其全部文件吗？此操作不可撤销。"),
+    "kb_deleted": ("Knowledge base '{name}' deleted.", "已删除知识库“{name}”。"),
+    "kb_set_mode": ("Set search mode", "设置检索模式"),
+    "kb_mode_set": ("Search mode of '{name}' set to {mode}.", "知识库“{name}”的检索模式已设为 {mode}。"),
+    "kb_need": ("Choose or create a knowledge base first.", "请先选择或新建知识库。"),
+    "upload_box": ("Add files", "添加文件"),
+    "upload_files": ("Files (PDF, Word, Markdown, text, spreadsheets, slides, images…)",
+                     "文件（PDF、Word、Markdown、文本、表格、幻灯片、图片…）"),
+    "upload_btn": ("Upload and index", "上传并建立索引"),
+    "upload_none": ("Choose files to upload first.", "请先选择要上传的文件。"),
+    "upload_results": ("Upload results", "上传结果"),
+    "chunking": ("Chunking (applies to the next upload or rebuild)", "分段设置（对下次上传或重建生效）"),
+    "files_box": ("Files", "文件"),
+    "files_table": ("Files in this knowledge base", "知识库中的文件"),
+    "file_select": ("File", "文件"),
+    "file_delete": ("Delete file", "删除文件"),
+    "file_deleted": ("File '{name}' deleted.", "已删除文件“{name}”。"),
+    "file_need": ("Choose a file first.", "请先选择文件。"),
+    "rebuild": ("Rebuild index", "重建索引"),
+    "rebuilt": ("Index of '{name}' rebuilt: {n} file(s).", "知识库“{name}”索引已重建：{n} 个文件。"),
+    "search_box": ("Retrieval test", "检索测试"),
+    "search_query": ("Query", "查询"),
+    "search_btn": ("Search", "检索"),
+    "search_hits": ("Hits", "命中结果"),
+    "search_none": ("No chunk passed the score threshold.", "没有分段达到相似度阈值。"),
+    "status": ("Status", "状态"),
+    "working": ("Working…", "处理中…"),
+    # --- table headers (server side)
+    "col_file": ("file", "文件"),
+    "col_result": ("result", "结果"),
+    "col_ocr": ("OCR pages", "OCR 页"),
+    "col_name": ("name", "名称"),
+    "col_status": ("status", "状态"),
+    "col_chunks": ("chunks", "分段数"),
+    "col_pages": ("pages", "页数"),
+    "col_error": ("error", "错误"),
+    "col_score": ("score", "相似度"),
+    "col_page": ("page", "页码"),
+    "col_heading": ("heading", "标题"),
+    "col_text": ("text", "内容"),
+    "internal_error": ("Internal error ({kind}); see the server log.", "内部错误（{kind}），请查看服务器日志。"),
+    # --- settings rendered from configs.settings (label, info); unknown fields fall back to the declaration
+    "set_top_k": ("Top k", "返回分段数 top k"),
+    "set_top_k_info": ("Chunks given to the model", "提供给模型的分段数量"),
+    "set_score_threshold": ("Score threshold (score 0-1, higher = more similar; chunks below are dropped)",
+                            "相似度阈值（相似度 0-1，越高越相似；低于阈值的分段被丢弃）"),
+    "set_score_threshold_info": ("0 keeps every chunk", "0 表示保留所有分段"),
+    "set_search_mode": ("Search mode", "检索模式"),
+    "set_search_mode_info": ("dense (embeddings), keyword (BM25) or hybrid",
+                             "dense（向量）、keyword（关键词）或 hybrid（混合）"),
+    "set_condense_question": ("Rewrite follow-up questions", "改写追问"),
+    "set_condense_question_info": ("Turn a follow-up into a standalone question before retrieval",
+                                   "检索前把追问改写成完整的问题"),
+    "set_allow_general_knowledge": ("Allow general knowledge", "允许通用知识"),
+    "set_allow_general_knowledge_info": ("When no chunk passes the threshold, answer from the model's own knowledge "
+                                         "(labelled)", "没有分段达到阈值时，用模型自身知识回答（会注明）"),
+    "set_temperature": ("Temperature", "温度 temperature"),
+    "set_temperature_info": ("Higher = more varied answers", "越高回答越多样"),
+    "set_top_p": ("Top p", "Top p"),
+    "set_top_p_info": ("Nucleus sampling", "核采样"),
+    "set_max_tokens": ("Max new tokens", "最大生成长度"),
+    "set_max_tokens_info": ("Longest answer in tokens", "回答的最大 token 数"),
+    "set_history_turns": ("History turns", "历史轮数"),
+    "set_history_turns_info": ("Previous turns kept in the prompt", "提示中保留的历史对话轮数"),
+    "set_chunk_size": ("Chunk size", "分段长度"),
+    "set_chunk_size_info": ("Max characters per chunk", "每个分段的最大字符数"),
+    "set_chunk_overlap": ("Chunk overlap", "分段重叠"),
+    "set_chunk_overlap_info": ("Characters shared by neighbouring chunks", "相邻分段共享的字符数"),
+}
+
+# Frontend keys are prefixed: Gradio's own translations use plain names such as "chatbot" and "file" (objects),
+# and a clash would hide ours.
+PREFIX = "kbchat_"
+_EN = {PREFIX + k: v[0] for k, v in TEXT.items()}
+_ZH = {PREFIX + k: v[1] for k, v in TEXT.items()}
+# Registered under both the bare and the regional tags so "zh-CN", "zh-TW" and plain "zh" browsers all match.
+I18N = gr.I18n(en=_EN, zh=_ZH, **{"zh-CN": _ZH, "zh-TW": _ZH, "zh-HK": _ZH})
+
+
+def t(key: str) -> I18nData:
+    """A static label, translated in the browser."""
+    if key not in TEXT:
+        raise KeyError(f"no UI text for '{key}'")
+    return I18N(PREFIX + key)
+
+
+def has(key: str) -> bool:
+    return key in TEXT
+
+
+def msg(key: str, lang: Lang, **fmt: object) -> str:
+    """A server-side message in the request's language."""
+    en, zh = TEXT[key]
+    text = zh if lang == "zh" else en
+    return text.format(**fmt) if fmt else text
+
+
+def lang_of(request: gr.Request | None) -> Lang:
+    """The first supported language of the browser's Accept-Language header (English by default)."""
+    header = ""
+    if request is not None and request.headers is not None:
+        header = request.headers.get("accept-language", "") or ""
+    for part in header.split(","):
+        tag = part.split(";")[0].strip().lower()
+        if tag.startswith("zh"):
+            return "zh"
+        if tag.startswith("en"):
+            return "en"
+    return "en"
