@@ -115,15 +115,18 @@ def load_file(path: Path, *, name: str | None = None, options: LoaderOptions | N
     try:
         ext = precheck(path, name, options)
         return _dispatch(path, ext, options)
-    except LoadError:
-        raise
+    except LoadError as exc:
+        # Libraries quote the path they opened: show the user's file name, never a server temp path.
+        reason = exc.reason.replace(str(path), name or path.name)
+        if reason == exc.reason:
+            raise
+        raise LoadError(reason) from None
     except MemoryError:
         raise LoadError("too large to load in memory") from None
     except RecursionError:
         raise LoadError("too deeply nested to load") from None
     except Exception as exc:  # the contract: only LoadError leaves this function
         label = ext_of(path, name).lstrip(".").upper() or "file"
-        # Libraries quote the path they opened: show the user's file name, never a server temp path.
         message = str(exc).replace(str(path), name or path.name).strip()
         detail = message.splitlines()[0][:150] if message else ""
         raise LoadError(f"damaged {label} file: {type(exc).__name__}{': ' + detail if detail else ''}") from None
