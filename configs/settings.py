@@ -165,6 +165,8 @@ def apply_process_env(settings: Settings) -> None:
     """Process-wide switches: offline hubs, no analytics, temp and caches under data_dir."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # model loading bars would clutter CLI output
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["GRADIO_TEMP_DIR"] = str(settings.tmp_dir / "gradio")
     os.environ["TMPDIR"] = str(settings.tmp_dir)

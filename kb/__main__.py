@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         manager.delete(args.name)
         print(f"deleted knowledge base '{args.name}'")
     elif args.cmd == "ingest":
+        paths = _expand(args.paths)  # before creating anything: a typo must not leave an empty KB
         kb = manager.create(args.kb, exist_ok=True)
-        paths = _expand(args.paths)
         results = kb.ingest(paths, progress=lambda f, m: print(f"[{f:5.0%}] {m}", file=sys.stderr))
         for r in results:
             print(r.message())
