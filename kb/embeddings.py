@@ -178,7 +178,10 @@ class EnsembleEmbedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         w = self.query_weight(text)
-        qa, qb = (p.encode_query(text) for p in self.parts)
+        english, multilingual = self.parts
+        # A part with weight 0 contributes nothing: skip running it (every Chinese query).
+        qa = english.encode_query(text) if w > 0 else np.zeros(english.dim, dtype=np.float32)
+        qb = multilingual.encode_query(text) if w < 1 else np.zeros(multilingual.dim, dtype=np.float32)
         return (np.sqrt(2.0) * np.concatenate([w * qa, (1.0 - w) * qb])).astype(np.float32)
 
     def count_tokens(self, text: str) -> int:
