@@ -44,8 +44,9 @@ class Settings(BaseSettings):
 
     # --- knowledge base -----------------------------------------------------------------
     embedding_model: str = Field(
-        "minilm",
-        description="Packaged model key (minilm, use-multilingual, e5-small) or a local sentence-transformers dir",
+        "minilm+use",
+        description="Packaged model key (minilm+use, minilm, use-multilingual, e5-small) "
+        "or a local sentence-transformers dir",
     )
     chunk_size: int = Field(
         400, ge=50, le=4000, description="Max characters per chunk", json_schema_extra=_ui("kb"))

@@ -348,13 +348,17 @@ def test_streaming_disconnect_cancels_generation(tmp_path: Path, monkeypatch: py
         assert seen["tokens"] < 300
 
 
-def test_embeddings(oai: openai.OpenAI, http: httpx.Client, kb_upload: dict[str, Any]) -> None:
+def test_embeddings(server: LiveServer, oai: openai.OpenAI, http: httpx.Client, kb_upload: dict[str, Any]) -> None:
     r = oai.embeddings.create(model="text-embedding-3-small", input=["hello world", "你好，世界", ""])
     assert [d.index for d in r.data] == [0, 1, 2]
     m = np.array([d.embedding for d in r.data])
-    assert m.shape == (3, 384)
+    default = server.services.kbs.embedder()
+    assert m.shape == (3, default.dim)
     assert np.allclose(np.linalg.norm(m, axis=1), 1.0, atol=1e-4)
-    assert r.model == "minilm" and r.usage.prompt_tokens > 0
+    assert r.model == server.services.settings.embedding_model and r.usage.prompt_tokens > 0
+    # Named packaged models work too.
+    small = oai.embeddings.create(model="minilm", input="hello world")
+    assert len(small.data[0].embedding) == 384 and small.model == "minilm"
     # One string, base64 encoding, the KB's own model; same vector as above.
     b = http.post("/v1/embeddings", json={"model": f"kb:{KB}", "input": "hello world", "encoding_format": "base64"})
     assert b.status_code == 200, b.text
