@@ -46,8 +46,8 @@ def main() -> None:
         print(f"model={settings.llm_model} load={time.perf_counter() - t:.1f}s")
         kb = services.kbs.create("bench")
         kb.ingest(sorted((DOCS / "md_kb_zh").glob("*.md")))
-        print("plain:", run(services, "用三句话介绍一下杭州。", None))
-        print("kb   :", run(services, "什么是张量并行？", "bench"))
+        print("plain:", run(services, "用五句话介绍一下杭州的历史和文化。", None))
+        print("kb   :", run(services, "什么是数据并行？", "bench"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     top_k: int = Field(
         4, ge=1, le=50, description="Chunks given to the model", json_schema_extra=_ui("retrieval"))
     score_threshold: float = Field(
-        0.3, ge=0.0, le=1.0,
+        0.15, ge=0.0, le=1.0,
         description="Drop chunks whose score (0-1, higher = more similar) is below this",
         json_schema_extra=_ui("retrieval"),
     )
