@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     )
     search_mode: SearchMode = Field(
         "hybrid", description="dense, keyword or hybrid", json_schema_extra=_ui("retrieval"))
-    hybrid_alpha: float = Field(0.6, ge=0.0, le=1.0, description="Weight of the dense score in hybrid mode")
+    hybrid_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the dense score in hybrid mode")
     rerank_model: str | None = Field(None, description="Local sentence-transformers CrossEncoder dir; off when unset")
 
     # --- LLM ----------------------------------------------------------------------------

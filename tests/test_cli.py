@@ -61,3 +61,15 @@ def test_eval_prints_metrics_json_on_cmrc(tmp_path):
     assert m["queries"] == 200
     # cmrc2018 is lexically easy: anything well below this means retrieval is broken.
     assert m["ndcg@10"] > 0.85 and m["recall@10"] > 0.9
+
+
+def test_terminal_chat_answers_and_exits(tmp_path):
+    """The cli_demo-style chat: a question in, a streamed answer out, 'exit' quits."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), KBCHAT_MAX_TOKENS="16", KBCHAT_CONDENSE_QUESTION="false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kb", "chat", "--llm-model", "smollm2-135m", "--data-dir", str(tmp_path / "d")],
+        input="Say hello.\nclear\nexit\n", cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    answer = proc.stdout.split("assistant> ", 1)[1].split("user>", 1)[0]
+    assert answer.strip()
