@@ -121,12 +121,13 @@ class BM25Index:
         for cid in gone:
             self.total_len -= self.lengths.pop(cid)
 
-    def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """Top-k (chunk id, normalised score in [0, 1])."""
+    def _score(self, query: str, only: set[int] | None) -> dict[int, float]:
+        """Normalised BM25 of every chunk matching a query term (or of the ``only`` chunks)."""
         n = len(self.lengths)
-        terms = [t for t in dict.fromkeys(tokenize(query)) if t in self.postings]
+        query_terms = set(tokenize(query))
+        terms = [t for t in query_terms if t in self.postings]
         if not n or not terms:
-            return []
+            return {}
         avg = self.total_len / n
         scores: dict[int, float] = defaultdict(float)
         best_possible = 0.0
@@ -134,15 +135,23 @@ class BM25Index:
             posting = self.postings[term]
             idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
             best_possible += idf * (_K1 + 1)
-            for cid, tf in posting.items():
+            for cid in posting.keys() & only if only is not None else posting:
+                tf = posting[cid]
                 norm = _K1 * (1 - _B + _B * self.lengths[cid] / avg)
                 scores[cid] += idf * tf * (_K1 + 1) / (tf + norm)
         # Terms the corpus lacks still count in the maximum: a query half made of unknown words
         # cannot reach a full keyword score.
-        missing = len(set(tokenize(query))) - len(terms)
-        best_possible += missing * math.log(1 + (n + 0.5) / 0.5) * (_K1 + 1)
-        top = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)[:k]
-        return [(cid, min(1.0, s / best_possible)) for cid, s in top]
+        best_possible += (len(query_terms) - len(terms)) * math.log(1 + (n + 0.5) / 0.5) * (_K1 + 1)
+        return {cid: min(1.0, s / best_possible) for cid, s in scores.items()}
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """Top-k (chunk id, normalised score in [0, 1])."""
+        return sorted(self._score(query, None).items(), key=lambda kv: kv[1], reverse=True)[:k]
+
+    def scores_for(self, query: str, ids: Iterable[int]) -> dict[int, float]:
+        """Normalised scores of chosen chunks only (those without a query term are left out)."""
+        wanted = set(ids)
+        return self._score(query, wanted) if wanted else {}
 
     # Plain-data state for persistence (pickled by the store inside its atomic commit).
     def state(self) -> dict:

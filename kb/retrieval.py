@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from kb.embeddings import Embedder
-from kb.keyword import tokenize
 from kb.store import IndexState
 from kb.types import Hit
 
@@ -28,12 +27,6 @@ class SearchParams:
     threshold: float
     mode: str  # dense | keyword | hybrid
     alpha: float
-
-
-def _keyword_scores_for(state: IndexState, query: str, ids: list[int]) -> dict[int, float]:
-    """Exact normalised BM25 scores for chosen chunks (those only the dense side found)."""
-    wanted = set(ids)
-    return {cid: s for cid, s in state.bm25.search(query, len(state.bm25)) if cid in wanted} if wanted else {}
 
 
 def search(
@@ -65,9 +58,7 @@ def search(
         if only_kw and qvec is not None:
             sims = state.vectors.vectors(only_kw) @ qvec
             dense.update({cid: float(max(0.0, min(1.0, s))) for cid, s in zip(only_kw, sims, strict=True)})
-        only_dense = [cid for cid in dense if cid not in keyword]
-        if tokenize(query):
-            keyword.update(_keyword_scores_for(state, query, only_dense))
+        keyword.update(state.bm25.scores_for(query, (cid for cid in dense if cid not in keyword)))
         a = params.alpha
         scored = {cid: a * dense.get(cid, 0.0) + (1 - a) * keyword.get(cid, 0.0)
                   for cid in dense.keys() | keyword.keys()}
