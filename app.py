@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from configs.settings import load_settings
+from configs.settings import Settings, load_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,13 +20,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, help="knowledge bases, models and temp files (default knowledge_base/)")
     ap.add_argument("--llm-model", help="packaged GGUF key, a .gguf path or a local HF model dir")
     ap.add_argument("--embedding-model", help="packaged embedding key or a local sentence-transformers dir")
+    ap.add_argument("--insecure-no-auth", action="store_true", default=None,
+                    help="serve a non-loopback --host with no api_keys or ui_auth (anyone who can reach it has "
+                         "full access)")
     return ap.parse_args(argv)
+
+
+def binding_problem(settings: Settings) -> str | None:
+    """Why the server must not start as configured, or None: a non-loopback bind needs a credential."""
+    from api.security import AccessPolicy, is_loopback
+
+    if is_loopback(settings.host) or settings.insecure_no_auth:
+        return None
+    if AccessPolicy.from_settings(settings).enabled:
+        return None
+    return (f"refusing to serve {settings.host} with no credential: anyone who can reach it could read and delete "
+            "every knowledge base. Set KBCHAT_API_KEYS='[\"<key>\"]' or KBCHAT_UI_AUTH=user:password, or pass "
+            "--insecure-no-auth if this network is trusted.")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = load_settings(host=args.host, port=args.port, data_dir=args.data_dir,
-                             llm_model=args.llm_model, embedding_model=args.embedding_model)
+    settings = load_settings(host=args.host, port=args.port, data_dir=args.data_dir, llm_model=args.llm_model,
+                             embedding_model=args.embedding_model, insecure_no_auth=args.insecure_no_auth)
+    try:
+        problem = binding_problem(settings)
+    except ValueError as e:  # a malformed ui_auth
+        problem = str(e)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     settings.prepare_dirs()  # offline switches and temp dirs before any heavy import
 
     def step(msg: str) -> None:

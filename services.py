@@ -40,13 +40,45 @@ class Job:
                 ("id", "kind", "kb", "status", "progress", "message", "result", "error", "started_at", "finished_at")}
 
 
+class Busy(Exception):
+    """The server is at a configured capacity; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 10):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Slots:
+    """At most ``capacity`` holders at once. ``acquire`` never waits: a full server says so (HTTP 429) rather
+    than letting requests pile up without bound."""
+
+    def __init__(self, capacity: int, what: str, setting: str):
+        self.capacity = capacity
+        self.in_use = 0
+        self._what, self._setting = what, setting
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self.in_use >= self.capacity:
+                raise Busy(f"the server is busy: {self.in_use} {self._what} already ({self._setting}="
+                           f"{self.capacity}); retry shortly")
+            self.in_use += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_use = max(0, self.in_use - 1)
+
+
 class Jobs:
-    def __init__(self, keep: int = 200):
+    def __init__(self, max_running: int = 4, keep: int = 200):
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._keep = keep
+        self.slots = Slots(max_running, "knowledge-base jobs running", "max_jobs")
 
     def start(self, kind: str, kb: str, work: Callable[[Callable[[float, str], None]], Any]) -> Job:
+        self.slots.acquire()
         job = Job(id=uuid.uuid4().hex[:12], kind=kind, kb=kb)
 
         def progress(frac: float, msg: str) -> None:
@@ -63,6 +95,7 @@ class Jobs:
                 job.status, job.error = "failed", f"internal error: {type(e).__name__}: {e}"
             finally:
                 job.finished_at = time.time()
+                self.slots.release()
 
         with self._lock:
             self._jobs[job.id] = job
@@ -81,7 +114,9 @@ class Services:
     def __init__(self, settings: Settings, backend: LLMBackend | None = None):
         self.settings = settings
         self.kbs = KnowledgeBaseManager(settings)
-        self.jobs = Jobs()
+        self.jobs = Jobs(settings.max_jobs)
+        # Chats generating or waiting for the LLM, from the API and the UI together.
+        self.chat_slots = Slots(settings.max_queued_chats, "chats queued for the model", "max_queued_chats")
         self._backend = backend
         self._chat: ChatService | None = None
         self._lock = threading.Lock()

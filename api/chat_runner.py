@@ -34,6 +34,19 @@ def cap_max_tokens(services: Services, requested: int | None) -> int:
     return limit if requested is None else max(1, min(requested, limit))
 
 
+def check_size(services: Services, question: str, history: list[tuple[str, str]]) -> None:
+    """413 for a chat over the caps: one long message or a long history would tie up the model for minutes."""
+    s = services.settings
+    longest = max([len(question), *(len(t) for pair in history for t in pair)])
+    if longest > s.max_message_chars:
+        raise APIError(413, f"a message has {longest} characters; the limit is {s.max_message_chars} "
+                       "(max_message_chars)", "message_too_long")
+    count = 1 + sum(2 if a else 1 for _, a in history)
+    if count > s.max_messages:
+        raise APIError(413, f"{count} messages in one request; the limit is {s.max_messages} (max_messages)",
+                       "too_many_messages")
+
+
 def check_kb(services: Services, name: str | None) -> None:
     """Fail fast (404/400) before any generation starts or a stream is opened."""
     if name:
@@ -41,9 +54,16 @@ def check_kb(services: Services, name: str | None) -> None:
 
 
 class ThreadedChat:
-    """Async iterator over the ChatEvents of one generation running in a daemon thread."""
+    """Async iterator over the ChatEvents of one generation running in a daemon thread.
 
-    def __init__(self, chat: ChatService, question: str, history: list[tuple[str, str]], options: ChatOptions):
+    It holds one of the services' chat slots from creation until the generation ends (Busy, i.e. 429, when
+    none is free), so queued and running chats together stay under ``max_queued_chats``."""
+
+    def __init__(self, services: Services, chat: ChatService, question: str, history: list[tuple[str, str]],
+                 options: ChatOptions):
+        check_size(services, question, history)
+        self._slots = services.chat_slots
+        self._slots.acquire()
         self.cancel_event = threading.Event()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -71,6 +91,7 @@ class ThreadedChat:
         finally:
             if gen is not None:
                 gen.close()
+            self._slots.release()
             self._put(_END)
 
     def cancel(self) -> None:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kb.types import KBError
 from llm.backends.base import LLMError
+from services import Busy
 
 log = logging.getLogger("api")
 
@@ -78,6 +79,8 @@ def payload_for(e: Exception) -> tuple[int, dict[str, Any]]:
     """Status and body for an error that can no longer become an HTTP status (in-band stream errors)."""
     if isinstance(e, APIError):
         return e.status_code, error_body(e.status_code, e.message, e.code)
+    if isinstance(e, Busy):
+        return 429, error_body(429, str(e), "server_busy")
     if isinstance(e, KBError):
         r = kb_error_response(e)
     elif isinstance(e, LLMError):
@@ -110,6 +113,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _llm_error(request: Request, exc: LLMError) -> JSONResponse:
         log.warning("LLM error on %s: %s", request.url.path, exc)
         return llm_error_response(exc)
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy) -> JSONResponse:
+        return error_response(429, str(exc), "server_busy", {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

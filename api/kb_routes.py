@@ -6,18 +6,17 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.errors import APIError
 from api.schemas import KBCreate, KBUpdate, SearchRequest, hit_dict
-from api.security import require_api_key
 from api.uploads import receive_uploads
 from kb.embeddings import PACKAGED
 from services import Job, Services
 
-router = APIRouter(prefix="/api", tags=["knowledge bases"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api", tags=["knowledge bases"])
 
 _UPLOAD_BODY = {
     "requestBody": {

@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, collect, get_chat
 from api.errors import APIError
 from api.schemas import LegacyChatRequest, history_pairs, source_dict
-from api.security import require_api_key
 from llm.chat import ChatOptions
 from services import Services
 
-router = APIRouter(prefix="/api", tags=["migration (ChatGLM api.py)"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api", tags=["migration (ChatGLM api.py)"])
 
 SESSION_IDLE_S = 60.0
 MAX_SESSIONS = 32
@@ -56,7 +55,7 @@ async def _start(request: Request, body: LegacyChatRequest, history: list[tuple[
     services: Services = request.app.state.services
     await run_in_threadpool(check_kb, services, body.knowledge_base or None)
     chat = await run_in_threadpool(get_chat, services)
-    return ThreadedChat(chat, body.prompt, history, _options(services, body))
+    return ThreadedChat(services, chat, body.prompt, history, _options(services, body))
 
 
 @router.post("/chat", summary="ChatGLM api.py protocol: {prompt, history, max_length, top_p, temperature}")

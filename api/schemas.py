@@ -46,7 +46,7 @@ class ChatCompletionRequest(BaseModel):
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    input: str | list[str] = Field(..., description="A string or up to 2048 strings")
+    input: str | list[str] = Field(..., description="A string or a list of strings (at most max_embed_inputs)")
     model: str | None = Field(None, max_length=500,
                               description="A packaged embedding key, 'kb:<name>' (that KB's model), else the default")
     encoding_format: Literal["float", "base64"] = "float"

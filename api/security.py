@@ -1,37 +1,189 @@
-"""Bearer-key auth for /v1 and /api, and the request-size limit."""
+"""One access policy for every route the process serves (the API, the Gradio UI and its own routes).
+
+``AccessGuard`` is the outermost ASGI layer under CORS. For every HTTP and websocket request it checks, in order:
+
+1. **Host** is one the server answers to (DNS rebinding): loopback names, IP literals of addresses it listens
+   on, and ``allowed_hosts``. Anything else: 400.
+2. **Cross-site writes**: a state-changing request (not GET/HEAD/OPTIONS) or a websocket whose ``Origin`` is
+   neither this server nor a ``cors_origins`` entry: 403. Multipart uploads are CORS "simple requests" that a
+   foreign page can send without a preflight; this is what stops them.
+3. **Credentials**, when any is configured (``api_keys`` or ``ui_auth``): every route except ``GET /health``
+   and the login page (with the static assets it needs) requires one of
+   - ``Authorization: Bearer <api key>``, on every route;
+   - ``Authorization: Basic <ui_auth user:password>``, on every route;
+   - the Gradio session cookie of a user logged in through the UI, on the UI's own routes only (so a cookie
+     never authorises /v1 or /api, and cross-site cookie tricks cannot reach the API).
+   Anything else: 401. A request authenticated by a header is let into Gradio as the service user, so
+   ``gradio_client`` and scripts work with the same key.
+4. **Body size**: more than ``max_upload_mb`` is refused with 413, at once from Content-Length or while it
+   streams in, on every route (Gradio's upload route included).
+
+Responses get a Content-Security-Policy that forbids loading scripts, images, frames and connections from
+other origins, so text a model writes cannot make the browser fetch a URL.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import ipaddress
 import json
-from typing import Annotated
+import secrets
+from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import APIError, error_body
+from api.errors import error_body
 
-_bearer = HTTPBearer(auto_error=False, description="One of the server's api_keys (only when api_keys is set)")
-PROTECTED_PREFIXES = ("/v1/", "/api/")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+API_PREFIXES = ("/v1/", "/api/")
+SERVICE_USER = "api"  # the Gradio user name of requests authenticated by a key or Basic credentials
+
+# Without a credential, only these answer when credentials are configured: liveness and the login page.
+# The page at "/" renders Gradio's login form (Gradio serves it a config with no components when nobody is
+# logged in); the asset routes serve the app's own static JS/CSS/fonts, which hold no user data.
+PUBLIC_EXACT = frozenset({("GET", "/health"), ("GET", "/"), ("HEAD", "/"), ("POST", "/login"), ("POST", "/login/"),
+                          ("GET", "/theme.css"), ("GET", "/favicon.ico")})
+PUBLIC_PREFIXES = (("GET", "/assets/"), ("GET", "/static/"))
+
+# Gradio routes this app never uses and that reach outside the machine or change the app: closed to everyone.
+CLOSED_PREFIXES = ("/gradio_api/proxy=", "/gradio_api/run-history/", "/gradio_api/vibe", "/gradio_api/undo-vibe",
+                   "/gradio_api/dev/", "/monitoring")
+
+CSP = "; ".join([
+    "default-src 'self'",
+    # Gradio's page boots from inline scripts and builds styles at run time; nothing from another origin.
+    "script-src 'self' 'unsafe-inline' 'unsafe-eval'",
+    "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data: blob:",
+    "media-src 'self' data: blob:",
+    "font-src 'self' data:",
+    "connect-src 'self'",
+    "frame-src 'self'",
+    "frame-ancestors 'self'",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+])
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "SAMEORIGIN",
+}
 
 
-def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    """A router dependency: no-op when no keys are configured, else a valid Bearer key is required."""
-    keys: list[str] = request.app.state.services.settings.api_keys
-    if not keys:
-        return
-    given = credentials.credentials if credentials else ""
-    # Compare against every key in constant time so timing does not reveal a key prefix.
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given.encode(), key.encode())
-    if not ok:
-        raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", "invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+def parse_ui_auth(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("ui_auth must look like 'user:password'")
+    return user, password
+
+
+def _equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may call the app: API keys and the UI account. Empty = open (loopback use)."""
+
+    api_keys: tuple[str, ...] = ()
+    ui_account: tuple[str, str] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AccessPolicy:
+        return cls(tuple(k for k in settings.api_keys if k), parse_ui_auth(settings.ui_auth))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys or self.ui_account)
+
+    def key_ok(self, given: str) -> bool:
+        ok = False
+        for key in self.api_keys:  # every key is compared, in constant time, so timing reveals nothing
+            ok |= _equal(given, key)
+        return ok
+
+    def login_ok(self, user: str, password: str) -> bool:
+        """The UI login: the ui_auth account, or any user name with an API key as the password."""
+        account = self.ui_account is not None and _equal(user, self.ui_account[0]) and \
+            _equal(password, self.ui_account[1])
+        return account | self.key_ok(password)
+
+    def header_ok(self, authorization: str | None) -> bool:
+        scheme, _, value = (authorization or "").partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if scheme == "bearer" and value:
+            return self.key_ok(value)
+        if scheme == "basic" and value and self.ui_account is not None:
+            try:
+                user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            return bool(sep) and _equal(user, self.ui_account[0]) & _equal(password, self.ui_account[1])
+        return False
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_public(method: str, path: str) -> bool:
+    return (method, path) in PUBLIC_EXACT or any(method == m and path.startswith(p) for m, p in PUBLIC_PREFIXES)
+
+
+def is_closed(path: str) -> bool:
+    return path.startswith(CLOSED_PREFIXES)
+
+
+def host_name(host_header: str) -> str:
+    """'example.com:7860' -> 'example.com'; '[::1]:7860' -> '::1'."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+class HostPolicy:
+    """The Host names the server answers to. IP literals cannot be rebound by an attacker's DNS, so those of
+    the bind address (any address when bound to a wildcard) pass; names must be loopback or listed."""
+
+    def __init__(self, bind_host: str, allowed_hosts: list[str]):
+        self.any = "*" in allowed_hosts
+        self.names = LOOPBACK_NAMES | {h.lower() for h in allowed_hosts} | {bind_host.lower()}
+        try:
+            bind_ip = ipaddress.ip_address(bind_host)
+        except ValueError:
+            bind_ip = None
+        self.any_ip = bind_ip is not None and bind_ip.is_unspecified
+
+    def allows(self, host_header: str | None) -> bool:
+        if self.any:
+            return True
+        if not host_header:
+            return False
+        host = host_name(host_header)
+        if host in self.names or is_loopback(host):
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return self.any_ip
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -39,29 +191,93 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body too large: the limit is {limit_mb} MB (max_upload_mb)")
 
 
-class BodyLimitMiddleware:
-    """Refuses /v1 and /api request bodies over ``limit_mb``: at once when Content-Length says so, else while
-    the body streams in (chunked uploads), by raising BodyTooLarge from ``receive`` (the route's reader
-    fails, temp files are cleaned up by it, and the error handler answers 413)."""
+class AccessGuard:
+    """The ASGI layer that applies the policy above to every request; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, limit_mb: int):
+    def __init__(self, app: ASGIApp, settings: Any, gradio_app: Any | None):
         self.app = app
-        self.limit_mb = limit_mb
-        self.limit = limit_mb * 1024 * 1024
+        self.policy = AccessPolicy.from_settings(settings)
+        self.hosts = HostPolicy(settings.host, list(settings.allowed_hosts))
+        self.cors_origins = {o.rstrip("/") for o in settings.cors_origins}
+        self.limit_mb = settings.max_upload_mb
+        self.limit = settings.max_upload_mb * 1024 * 1024
+        self.gradio = gradio_app  # its login tokens say who has a UI session
+        self._service_token: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.limit
-                except ValueError:
-                    too_big = False  # the server rejects a malformed header itself
-                if too_big:
-                    await self._reject(send)
-                    return
+        headers = Headers(scope=scope)
+        method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
+        path: str = scope["path"]
+        host = headers.get("host")
+        if not self.hosts.allows(host):
+            await self._reject(scope, send, 400, f"host '{host}' is not served here: add it to allowed_hosts",
+                               "host_not_allowed")
+            return
+        if method not in SAFE_METHODS and not self._same_site(scope, headers):
+            await self._reject(scope, send, 403, "cross-site request refused: its Origin is not this server "
+                               "or one of cors_origins", "cross_site_request")
+            return
+        if is_closed(path):
+            await self._reject(scope, send, 404, f"no route {method} {path}", "not_found")
+            return
+        if self.policy.enabled and not is_public(method, path):
+            if self.policy.header_ok(headers.get("authorization")):
+                scope = self._as_service_user(scope)
+            elif path.startswith(API_PREFIXES) or not self._ui_session(headers):
+                await self._reject(scope, send, 401, "authentication required: send 'Authorization: Bearer <key>' "
+                                   "(or log in to the web UI)", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+                return
+        if scope["type"] == "http" and self._declared_too_large(headers):
+            await self._reject(scope, send, 413, BodyTooLarge(self.limit_mb).detail, "request_too_large")
+            return
+        await self.app(scope, self._counted(receive), self._with_headers(send))
+
+    # --- checks ---------------------------------------------------------------------------------------
+    def _same_site(self, scope: Scope, headers: Headers) -> bool:
+        origin = headers.get("origin")
+        if origin is None:
+            # Not a browser, or an old one; browsers that send Sec-Fetch-Site say where the request came from.
+            return headers.get("sec-fetch-site") not in ("cross-site", "same-site")
+        origin = origin.rstrip("/")
+        if origin in self.cors_origins:
+            return True
+        # Host and port must match; the scheme may not (a TLS-terminating proxy forwards https as http).
+        return origin.partition("://")[2].lower() == headers.get("host", "").lower()
+
+    def _ui_session(self, headers: Headers) -> bool:
+        gradio = self.gradio
+        if gradio is None:
+            return False
+        cookies = _cookies(headers.get("cookie", ""))
+        for name in (f"access-token-{gradio.cookie_id}", f"access-token-unsecure-{gradio.cookie_id}"):
+            token = cookies.get(name)
+            if token and token in gradio.tokens:
+                return True
+        return False
+
+    def _as_service_user(self, scope: Scope) -> Scope:
+        """Let a key-authenticated request into Gradio's own login checks as the service user."""
+        gradio = self.gradio
+        if gradio is None or scope["path"].startswith(API_PREFIXES):
+            return scope
+        if self._service_token is None or self._service_token not in gradio.tokens:
+            self._service_token = secrets.token_urlsafe(32)
+            gradio.tokens[self._service_token] = SERVICE_USER
+        cookie = f"access-token-unsecure-{gradio.cookie_id}={self._service_token}".encode()
+        headers = [(k, v) for k, v in scope["headers"] if k != b"cookie"] + [(b"cookie", cookie)]
+        return dict(scope, headers=headers)
+
+    def _declared_too_large(self, headers: Headers) -> bool:
+        try:
+            return int(headers.get("content-length", "0")) > self.limit
+        except ValueError:
+            return False  # the server rejects a malformed header itself
+
+    # --- plumbing -------------------------------------------------------------------------------------
+    def _counted(self, receive: Receive) -> Receive:
         seen = 0
 
         async def counted() -> Message:
@@ -70,14 +286,41 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    # The route's reader fails, cleans up its temp files, and the error handler answers 413.
                     raise BodyTooLarge(self.limit_mb)
             return message
 
-        await self.app(scope, counted, send)
+        return counted
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(error_body(413, BodyTooLarge(self.limit_mb).detail, "request_too_large")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+    def _with_headers(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    if k not in headers:
+                        headers[k] = v
+            await send(message)
+
+        return wrapped
+
+    async def _reject(self, scope: Scope, send: Send, status: int, message: str, code: str,
+                      extra: dict[str, str] | None = None) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            return
+        body = json.dumps(error_body(status, message, code)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in {**SECURITY_HEADERS, **(extra or {})}.items()]
+        if status == 413:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _cookies(header: str) -> dict[str, str]:
+    out = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep:
+            out[name] = value
+    return out

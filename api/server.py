@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 from starlette.routing import Match, Mount
 
 from api import kb_routes, legacy_routes, openai_routes
 from api.errors import APIError, install_error_handlers
 from api.legacy_routes import StreamSessions
-from api.security import BodyLimitMiddleware, require_api_key
+from api.security import AccessGuard, parse_ui_auth
 from services import Services
 
 log = logging.getLogger("api")
@@ -26,22 +27,14 @@ DESCRIPTION = """Offline knowledge-base chat.
 * **/api/kb** — knowledge-base management; uploads run as jobs (`GET /api/jobs/{id}`).
 * **/api/chat**, **/api/stream_chat** — ChatGLM api.py protocol and its polling stream.
 
-When the server has `api_keys`, send `Authorization: Bearer <key>` to every /v1 and /api route.
+When the server has `api_keys` (or `ui_auth`), every route but `GET /health` needs a credential: send
+`Authorization: Bearer <key>` (or HTTP Basic with the `ui_auth` account).
 """
-
-
-def _ui_auth(value: str | None) -> tuple[str, str] | None:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("ui_auth must look like 'user:password'")
-    return user, password
 
 
 def create_app(services: Services) -> FastAPI:
     settings = services.settings
-    app = FastAPI(title="KB Chat API", version=VERSION, description=DESCRIPTION, docs_url="/docs",
+    app = FastAPI(title="KB Chat API", version=VERSION, description=DESCRIPTION, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
     app.state.services = services
     app.state.stream_sessions = StreamSessions()
@@ -51,6 +44,7 @@ def create_app(services: Services) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": services.model_name(), "knowledge_bases": len(services.kbs.names())}
 
+    _serve_docs(app)
     app.include_router(openai_routes.router)
     app.include_router(kb_routes.router)
     app.include_router(legacy_routes.router)
@@ -58,10 +52,9 @@ def create_app(services: Services) -> FastAPI:
     # The UI is mounted at "/" and would answer every unmatched path (including a wrong method on an API
     # path) with its own page: keep /v1 and /api answering JSON 404/405 instead.
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    guard = [Depends(require_api_key)]  # unknown paths answer 401 too, so route names are not probeable
 
-    @app.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False, dependencies=guard)
-    @app.api_route("/api/{rest:path}", methods=methods, include_in_schema=False, dependencies=guard)
+    @app.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False)
+    @app.api_route("/api/{rest:path}", methods=methods, include_in_schema=False)
     def _no_route(rest: str, request: Request) -> None:
         for route in app.router.routes:
             if route in catch_all or isinstance(route, Mount):
@@ -73,12 +66,31 @@ def create_app(services: Services) -> FastAPI:
     catch_all = app.router.routes[-2:]
     _mount_ui(app, services)
 
-    # Outermost first: CORS must also decorate 401/413 answers, so it wraps the body limit.
-    app.add_middleware(BodyLimitMiddleware, limit_mb=settings.max_upload_mb)
+    # Added last = outermost: CORS must also decorate the guard's 401/413 answers.
+    app.add_middleware(AccessGuard, settings=settings, gradio_app=gradio_app(app))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=False)
     return app
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from a packaged copy: FastAPI's default loads it from a CDN, which an offline machine
+    cannot reach and the Content-Security-Policy forbids."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = str(files("fastapi_offline") / "static")  # only its static copy of Swagger UI is used
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")
 
 
 def _mount_ui(app: FastAPI, services: Services) -> None:
@@ -91,11 +103,13 @@ def _mount_ui(app: FastAPI, services: Services) -> None:
         return
     import gradio as gr
 
-    settings = services.settings
-    # The UI module owns its mount options (theme, i18n, auth, upload size); fall back to the essentials.
-    if hasattr(web, "mount_options"):
-        opts: dict[str, Any] = web.mount_options(services)
-    else:
-        opts = {"auth": _ui_auth(settings.ui_auth), "max_file_size": f"{settings.max_upload_mb}mb"}
-    _ui_auth(settings.ui_auth)  # reject a malformed ui_auth at startup rather than at the first login
-    gr.mount_gradio_app(app, web.build_ui(services), path="/", **opts)
+    parse_ui_auth(services.settings.ui_auth)  # reject a malformed ui_auth at startup, not at the first login
+    gr.mount_gradio_app(app, web.build_ui(services), path="/", **web.mount_options(services))
+
+
+def gradio_app(app: FastAPI) -> Any | None:
+    """The Gradio app mounted at "/" (its login tokens decide who has a UI session), or None."""
+    for route in app.router.routes:
+        if isinstance(route, Mount) and hasattr(route.app, "tokens"):
+            return route.app
+    return None

@@ -2,7 +2,7 @@
 
 Nothing is buffered in memory and no second copy is made (Starlette's form parser would spool every part to
 an anonymous temp file first). The request-size limit is enforced while the body streams in by
-``BodyLimitMiddleware``; any failure here deletes what was written so far.
+``api.security.AccessGuard``; any failure here deletes what was written so far.
 """
 
 from __future__ import annotations

@@ -37,10 +37,24 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address (loopback unless told otherwise)")
     port: int = Field(7860, ge=1, le=65535)
     api_keys: list[str] = Field(
-        default_factory=list, description="When set, every /v1 and /api route needs Bearer auth")
-    ui_auth: str | None = Field(None, description="'user:password' to require a login for the web UI")
+        default_factory=list,
+        description="Bearer keys; when this or ui_auth is set, every route but /health needs a credential")
+    ui_auth: str | None = Field(
+        None, description="'user:password' for the web UI login (and HTTP Basic auth on the API)")
+    insecure_no_auth: bool = Field(
+        False, description="Allow serving a non-loopback host with no credential configured")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the server answers to, besides loopback names and IP addresses ('*': any)")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed")
-    max_upload_mb: int = Field(200, ge=1, description="Largest accepted upload per request")
+    max_upload_mb: int = Field(200, ge=1, description="Largest accepted request body (uploads included)")
+    max_message_chars: int = Field(8000, ge=100, description="Longest chat message accepted")
+    max_messages: int = Field(64, ge=2, description="Most messages (history included) in one chat request")
+    max_embed_inputs: int = Field(256, ge=1, description="Most texts in one /v1/embeddings call")
+    max_embed_chars: int = Field(8192, ge=100, description="Longest text accepted by /v1/embeddings")
+    max_queued_chats: int = Field(
+        8, ge=1, description="Chats generating or waiting for the LLM at once; more are answered 429")
+    max_jobs: int = Field(4, ge=1, description="KB jobs (ingest, rebuild) running at once; more are answered 429")
 
     # --- knowledge base -----------------------------------------------------------------
     embedding_model: str = Field(

@@ -11,6 +11,7 @@ So 1.0 means "contains every query term many times", independent of query length
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -153,14 +154,19 @@ class BM25Index:
         wanted = set(ids)
         return self._score(query, wanted) if wanted else {}
 
-    # Plain-data state for persistence (pickled by the store inside its atomic commit).
-    def state(self) -> dict:
-        return {"postings": dict(self.postings), "lengths": self.lengths, "total_len": self.total_len}
+    # Persistence as plain JSON (never a pickle: a KB folder copied in from elsewhere must not run code).
+    def to_json(self) -> bytes:
+        postings = {term: [[cid, tf] for cid, tf in posting.items()] for term, posting in self.postings.items()}
+        lengths = [[cid, n] for cid, n in self.lengths.items()]
+        return json.dumps({"postings": postings, "lengths": lengths}, ensure_ascii=False,
+                          separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def from_state(cls, state: dict) -> BM25Index:
+    def from_json(cls, data: bytes) -> BM25Index:
+        state = json.loads(data)
         idx = cls()
-        idx.postings = defaultdict(dict, state["postings"])
-        idx.lengths = state["lengths"]
-        idx.total_len = state["total_len"]
+        idx.postings = defaultdict(dict, {term: {int(c): int(tf) for c, tf in pairs}
+                                          for term, pairs in state["postings"].items()})
+        idx.lengths = {int(c): int(n) for c, n in state["lengths"]}
+        idx.total_len = sum(idx.lengths.values())
         return idx

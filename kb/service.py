@@ -34,10 +34,10 @@ Progress = Callable[[float, str], None]
 
 MODES = ("dense", "keyword", "hybrid")
 _NAME_RE = re.compile(r"^[^\W_][\w\-. ]{0,63}$")
-# Formats parsed by pure-Python code we control run in-process; the rest (PDF, Office, images)
-# go through a child process with time and memory limits, so a hostile file cannot stall or
-# crash the server.
-_IN_PROCESS = {".txt", ".md", ".markdown", ".csv", ".tsv", ".json", ".html", ".htm", ".xml"}
+# Every format is parsed in a child process with time and memory limits, so a hostile file cannot stall or
+# crash the server. Text formats use pooled long-lived children (cheap per file); PDF, Office and images get a
+# fresh child each (native parsers, OCR).
+_TEXT_FORMATS = {".txt", ".md", ".markdown", ".csv", ".tsv", ".json", ".html", ".htm", ".xml"}
 _EMBED_BATCH_CHUNKS = 256  # chunks gathered across small files before one embedding call
 
 
@@ -184,7 +184,9 @@ class KnowledgeBase:
             return self._ingest_into(state, paths, [safe_file_name(n) for n in names], progress, replace=True)
 
     def _ingest_into(self, state: IndexState, paths: list[Path], names: list[str],
-                     progress: Progress | None, replace: bool) -> list[FileResult]:
+                     progress: Progress | None, replace: bool, checkpoint: bool = True) -> list[FileResult]:
+        """Add files to ``state``. With ``checkpoint``, commit every ``checkpoint_seconds`` (an ingest adds to
+        a complete KB, so each checkpoint is complete too); otherwise commit once, at the end."""
         results: list[FileResult] = []
         pending: list[_Pending] = []
         files = state.manifest["files"] = dict(state.manifest["files"])
@@ -235,7 +237,7 @@ class KnowledgeBase:
             if sum(len(p.chunks) for p in pending) >= _EMBED_BATCH_CHUNKS:
                 self._flush(state, pending, results)
                 dirty = True
-            if dirty and time.monotonic() - last_commit > self.settings.checkpoint_seconds:
+            if checkpoint and dirty and time.monotonic() - last_commit > self.settings.checkpoint_seconds:
                 self._flush(state, pending, results)
                 self._commit(state)
                 last_commit, dirty = time.monotonic(), False
@@ -341,14 +343,18 @@ class KnowledgeBase:
             state = IndexState.empty(manifest)
             recs = [r for r in old.manifest["files"].values() if r["status"] == "indexed"]
             paths = [self.path / "files" / r["stored"] for r in recs]
-            return self._ingest_into(state, paths, [r["name"] for r in recs], progress, replace=False)
+            # No checkpoints: the new state starts empty, so committing it before every file is re-read
+            # would publish a KB missing the rest to readers (and to a restart after a crash).
+            return self._ingest_into(state, paths, [r["name"] for r in recs], progress, replace=False,
+                                     checkpoint=False)
 
     def _load(self, path: Path, name: str) -> LoadedFile:
-        from kb.loaders import LoaderOptions, load_file, load_file_isolated
+        from kb.loaders import LoaderOptions, load_file_isolated
+        from kb.loaders.worker import load_file_pooled
 
         s = self.settings
         opts = LoaderOptions(max_pages=s.max_pages, ocr=s.ocr, max_file_mb=s.max_file_mb, timeout_s=s.file_timeout_s)
-        loader = load_file if _ext(name) in _IN_PROCESS else load_file_isolated
+        loader = load_file_pooled if _ext(name) in _TEXT_FORMATS else load_file_isolated
         return loader(path, name=name, options=opts)
 
 

@@ -1,7 +1,7 @@
 """On-disk state of one knowledge base: FAISS vectors, chunk texts, BM25 index, manifest.
 
 Crash safety: each commit writes a new *generation* of data files (``index.<g>.faiss``,
-``chunks.<g>.jsonl``, ``bm25.<g>.pkl``), fsyncs them, then atomically replaces
+``chunks.<g>.jsonl``, ``bm25.<g>.json``), fsyncs them, then atomically replaces
 ``manifest.json``, which names the generation. The manifest rename is the commit point: a
 process killed at any moment leaves either the old or the new generation in force, never a mix.
 Files of other generations are swept on the next load.
@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import os
-import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -169,9 +168,8 @@ class IndexState:
                 for line in f:
                     c = Chunk(**json.loads(line))
                     chunks[c.id] = c
-            with open(kb_dir / f"bm25.{g}.pkl", "rb") as f:
-                bm25 = BM25Index.from_state(pickle.load(f))
-        except (OSError, ValueError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
+            bm25 = _load_bm25(kb_dir, g, manifest, chunks)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise KBError(f"knowledge base '{kb_dir.name}' is damaged ({e}); rebuild it") from e
         if len(vectors) != len(chunks):
             raise KBError(f"knowledge base '{kb_dir.name}' is inconsistent ({len(vectors)} vectors, "
@@ -185,11 +183,27 @@ class IndexState:
         atomic_write(kb_dir / f"index.{g}.faiss", self.vectors.to_bytes())
         lines = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in self.chunks.values())
         atomic_write(kb_dir / f"chunks.{g}.jsonl", lines.encode("utf-8"))
-        atomic_write(kb_dir / f"bm25.{g}.pkl", pickle.dumps(self.bm25.state(), protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(kb_dir / f"bm25.{g}.json", self.bm25.to_json())
         manifest = dict(self.manifest, generation=g, updated_at=time.time())
         write_manifest(kb_dir, manifest)  # commit point
         self.manifest = manifest
         sweep_generations(kb_dir, keep=g)
+
+
+def _load_bm25(kb_dir: Path, g: int, manifest: dict[str, Any], chunks: dict[int, Chunk]) -> BM25Index:
+    path = kb_dir / f"bm25.{g}.json"
+    if path.exists():
+        return BM25Index.from_json(path.read_bytes())
+    # A KB written before format 1.1 kept this index as a pickle, which is never read (unpickling runs code):
+    # it is rebuilt from the chunk texts, as ingest indexed them, and written as JSON by the next commit.
+    from kb.splitter import embedding_text
+
+    files = manifest["files"]
+    bm25 = BM25Index()
+    for c in chunks.values():
+        rec = files.get(c.file_id, {})
+        bm25.add([c.id], [embedding_text(c, rec.get("title") or Path(rec.get("name", "")).stem or None)])
+    return bm25
 
 
 def _disk_generation(kb_dir: Path) -> int:
@@ -221,6 +235,7 @@ def sweep_generations(kb_dir: Path, keep: int) -> None:
     for p in kb_dir.iterdir():
         parts = p.name.split(".")
         stale_gen = len(parts) == 3 and parts[0] in {"index", "chunks", "bm25"} and parts[1] != str(keep)
-        if stale_gen or (p.name.startswith(".") and p.name.endswith(".tmp")):
+        legacy_pickle = p.suffix == ".pkl"  # never read; see _load_bm25
+        if stale_gen or legacy_pickle or (p.name.startswith(".") and p.name.endswith(".tmp")):
             with contextlib.suppress(OSError):
                 p.unlink()

@@ -70,7 +70,7 @@ class LiveServer:
         self.services = Services(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(self.services)
+        self.app = app = create_app(self.services)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -93,3 +93,23 @@ class LiveServer:
 def live_server(settings: Settings) -> Iterator[LiveServer]:
     with LiveServer(settings) as server:
         yield server
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Debian chromium driven by Playwright (never a downloaded browser)."""
+    import playwright.sync_api as playwright_api
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is not installed: ./test.sh installs it (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        # Its own short TMPDIR: prepare_dirs() points TMPDIR at a test's data dir, too long for a socket path.
+        env = dict(os.environ, TMPDIR="/tmp")
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=env)
+        yield b
+        b.close()

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from configs import load_settings
+from configs.settings import Settings
 from kb.types import Hit
 from llm import prompts
 from llm.backends.base import GenParams
@@ -96,15 +97,26 @@ def test_language_picks_the_template(settings):
     assert "问题：" + ZH_Q in zh_msgs[-1]["content"] and "Question: " + EN_Q in en_msgs[-1]["content"]
 
 
-def test_context_blocks_are_numbered_with_file_and_page(settings):
+def test_context_blocks_are_numbered_with_file_and_page(settings: Settings) -> None:
     llm = FakeLLM()
-    hits = [hit("第一段。", "a.pdf", 3, cid=1), hit("second chunk", "b.md", None, cid=2)]
+    hits = [hit("第一段。", "a.pdf", 3, cid=1), hit("second chunk", "b.md", None, cid=2),
+            hit("第三段\n第二行", "c.docx", 12, cid=7)]
     svc = ChatService(settings, FakeManager(hits), llm)
     run(svc, ZH_Q, kb="docs")
-    user = llm.calls[0][0][-1]["content"]
-    assert "[1] (a.pdf p.3) 第一段。\n\n[2] (b.md) second chunk" in user
-    assert "[编号]" in prompts.KB_USER["zh"] or "编号" in user  # the model is asked to cite with [n]
-    assert re.search(r"\[1\]", prompts.KB_SYSTEM["zh"]) and re.search(r"\[1\]", prompts.KB_SYSTEM["en"])
+    run(svc, EN_Q, kb="docs")
+    for (messages, _), cite_rule, cite_request in [
+        (llm.calls[0], "在句末用方括号写出所依据资料的编号，如 [1]", "在句末标注来源编号"),
+        (llm.calls[1], "put the number of the passage you used in square brackets", "cite passage numbers"),
+    ]:
+        system, user = messages[0]["content"], messages[-1]["content"]
+        # The rendered context, block by block: numbered 1..n in hit order (not by chunk id), each with its
+        # file name and, when known, its page.
+        context = user[user.index("<documents>\n") + len("<documents>\n"):user.index("\n</documents>")]
+        assert context.split("\n\n") == ["[1] (a.pdf p.3) 第一段。", "[2] (b.md) second chunk",
+                                          "[3] (c.docx p.12) 第三段\n第二行"]
+        # Those numbers are what the model is told to cite: in the system rules and again after the documents.
+        assert cite_rule in system
+        assert cite_request in user[user.index("</documents>"):]
 
 
 def test_prompt_injection_stays_inside_the_delimited_context():

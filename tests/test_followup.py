@@ -40,13 +40,17 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Services:
     return svc
 
 
-@pytest.mark.parametrize(("about", "answer", "expected_file"), [
+FOLLOW_UP = "它什么时候发布的？"
+CONVERSATIONS = [  # (what the conversation is about, the assistant's last answer, the file that answers the follow-up)
     ("蓝鲸音箱", "蓝鲸音箱是海洋科技公司的智能音箱，主打高保真音质。", "蓝鲸音箱.md"),
     ("星河手表", "星河手表是星河公司推出的智能手表，支持心率监测。", "星河手表.md"),
-])
+]
+
+
+@pytest.mark.parametrize(("about", "answer", "expected_file"), CONVERSATIONS)
 def test_followup_pronoun_retrieves_the_thing_discussed(services, about, answer, expected_file):
     history = [(f"介绍一下{about}", answer)]
-    events = list(services.chat.stream("它什么时候发布的？", history, ChatOptions(kb="products", top_k=1)))
+    events = list(services.chat.stream(FOLLOW_UP, history, ChatOptions(kb="products", top_k=1)))
     query = next(e.data for e in events if e.type == "query")
     sources = next(e.data for e in events if e.type == "sources")
     assert about in query, f"rewritten query {query!r} lost the subject"
@@ -55,9 +59,26 @@ def test_followup_pronoun_retrieves_the_thing_discussed(services, about, answer,
     assert done.type == "done" and done.data["query"] == query and done.data["answer"].strip()
 
 
-def test_without_condensing_the_followup_is_ambiguous(services):
-    # The control: the same follow-up searched as is cannot know which product is meant, so at
-    # least one of the two conversations would retrieve the wrong file. This is why we condense.
-    kb = services.kbs.get("products")
-    raw = kb.search("它什么时候发布的？", top_k=1, threshold=0.0)
-    assert raw and raw[0].file in DOCS  # it finds *a* product, necessarily the same one for both
+def first_source(services: Services, history: list[tuple[str, str]], condense: bool) -> tuple[str, str]:
+    """(retrieval query, top file) of the chat flow; one answer token is enough, only retrieval matters."""
+    events = list(services.chat.stream(FOLLOW_UP, history, ChatOptions(kb="products", top_k=1, condense=condense,
+                                                                      max_tokens=1)))
+    query = next(e.data for e in events if e.type == "query")
+    sources = next(e.data for e in events if e.type == "sources")
+    assert len(sources) == 1
+    return query, sources[0].file
+
+
+def test_without_condensing_the_followup_is_ambiguous(services: Services) -> None:
+    # The control for the test above: the same two conversations, with condensing off and on.
+    raw = {expected: first_source(services, [(f"介绍一下{about}", answer)], condense=False)
+           for about, answer, expected in CONVERSATIONS}
+    # Off: the follow-up is searched as typed, so it cannot know which product is meant: both conversations
+    # get the same file, which is the wrong one for exactly one of them.
+    assert {query for query, _ in raw.values()} == {FOLLOW_UP}
+    assert len({file for _, file in raw.values()}) == 1
+    assert sum(file != expected for expected, (_, file) in raw.items()) == 1
+    # On: the rewritten query names the product and each conversation gets its own file.
+    for about, answer, expected in CONVERSATIONS:
+        query, file = first_source(services, [(f"介绍一下{about}", answer)], condense=True)
+        assert about in query and file == expected, (about, query, file)

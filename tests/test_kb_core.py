@@ -83,7 +83,7 @@ def test_bm25_ranks_scores_in_unit_interval_and_deletes():
     assert idx.search("蘋果手機", 4)[0][0] == 0  # Traditional query, Simplified text
     idx.delete([0])
     assert all(cid != 0 for cid, _ in idx.search("苹果手机", 4))
-    restored = BM25Index.from_state(idx.state())
+    restored = BM25Index.from_json(idx.to_json())
     assert restored.search("香蕉", 1) == idx.search("香蕉", 1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import threading
 import time
@@ -159,7 +160,7 @@ def test_create_backend_from_settings(tmp_path):
 
 # --- OpenAI-compatible: the embedded llama.cpp HTTP server is a real OpenAI-compatible server -------------
 def test_openai_compat_streams_from_a_real_server(smol):
-    backend = OpenAICompatBackend(smol.listening_address + "/v1", smol.api_key, model="smollm2")
+    backend = OpenAICompatBackend(smol.listening_address + smol.api_prefix + "/v1", smol.api_key, model="smollm2")
     pieces = list(backend.stream(LONG_ASK, GenParams(max_tokens=16, temperature=0.0)))
     assert len(pieces) > 1 and "".join(pieces).strip()
     cancel = threading.Event()
@@ -171,7 +172,7 @@ def test_openai_compat_streams_from_a_real_server(smol):
 
 
 def test_openai_compat_wrong_key_is_an_llm_error(smol):
-    backend = OpenAICompatBackend(smol.listening_address + "/v1", "wrong-key", model="smollm2")
+    backend = OpenAICompatBackend(smol.listening_address + smol.api_prefix + "/v1", "wrong-key", model="smollm2")
     with pytest.raises(LLMError, match="401"):
         complete(backend, SHORT_ASK, GenParams(max_tokens=4))
 
@@ -235,3 +236,44 @@ def test_transformers_refuses_custom_code_by_default(tmp_path):
         TransformersBackend(tmp_path)
     with pytest.raises(LLMError, match=r"no config\.json"):
         TransformersBackend(tmp_path / "missing")
+
+
+# --- the embedded llama.cpp HTTP server is unreachable without its key -------------------------------------
+def _listening_tcp_inodes() -> set[str]:
+    """Inodes of this process's TCP sockets in LISTEN state (from /proc, no extra package)."""
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A":  # TCP_LISTEN
+                listening.add(cols[9])
+    return mine & listening
+
+
+def test_embedded_server_listens_on_a_private_socket_only(tmp_path):
+    import httpx
+
+    before = _listening_tcp_inodes()
+    backend = LlamaCppBackend(smollm2_path(), n_ctx=512, n_threads=2, socket_dir=tmp_path / "tmp")
+    assert _listening_tcp_inodes() == before, "loading the model opened a TCP port"
+    sock = backend.socket_path
+    assert sock is not None and backend.listening_address == f"unix://{sock}"
+    assert sock.parent.stat().st_mode & 0o777 == 0o700  # other local users cannot reach the socket
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://llama") as c:
+        for path in ("/health", "/v1/models", "/props", backend.api_prefix + "/health",
+                     backend.api_prefix + "/v1/models", backend.api_prefix + "/props"):
+            r = c.get(path)
+            assert r.status_code in (401, 404), (path, r.status_code, r.text)
+            assert str(smollm2_path()) not in r.text and "SmolLM2" not in r.text
+        # The same server does answer its owner, so the refusals above are not a dead socket.
+        ok = c.get(backend.api_prefix + "/v1/models", headers={"Authorization": f"Bearer {backend.api_key}"})
+        assert ok.status_code == 200 and "SmolLM2" in ok.text
+    assert "".join(backend.stream(SHORT_ASK, GenParams(max_tokens=4, temperature=0.0))).strip()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+import struct
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
 
-from kb.loaders import SUPPORTED_EXTENSIONS, LoaderOptions, load_file, load_file_isolated
+from kb.loaders import SUPPORTED_EXTENSIONS, LoaderOptions, load_file, load_file_isolated, sniff
 from kb.types import LoadedFile, LoadError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -500,6 +503,50 @@ def test_zip_bomb_refused(tmp_path: Path) -> None:
     assert reason_of(ratio_bomb).startswith("refused: zip bomb")
 
 
+LIE = 4096  # bytes the lying bomb declares for its big entry
+
+
+def _lying_zip_bomb(path: Path, size_mb: int) -> None:
+    """A bomb whose headers lie: the local header and the central directory both declare LIE bytes (with
+    the CRC-32 of LIE zero bytes) for word/document.xml, whose deflate stream inflates to ``size_mb`` MB."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:  # < 2 GiB: plain 32-bit size fields
+        z.writestr("[Content_Types].xml", "<Types/>")
+        with z.open("word/document.xml", "w") as fh:
+            for _ in range(size_mb):
+                fh.write(b"\0" * (1 << 20))
+    with zipfile.ZipFile(path) as z:
+        local, pos = z.getinfo("word/document.xml").header_offset, z.start_dir
+    data = bytearray(path.read_bytes())
+    while True:  # walk the central directory to the entry's record
+        assert data[pos:pos + 4] == b"PK\x01\x02"
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)
+        if data[pos + 46:pos + 46 + name_len] == b"word/document.xml":
+            break
+        pos += 46 + name_len + extra_len + comment_len
+    crc = zlib.crc32(b"\0" * LIE)
+    struct.pack_into("<I", data, local + 14, crc)  # local header: CRC-32 at 14, uncompressed size at 22
+    struct.pack_into("<I", data, local + 22, LIE)
+    struct.pack_into("<I", data, pos + 16, crc)  # central directory: CRC-32 at 16, uncompressed size at 24
+    struct.pack_into("<I", data, pos + 24, LIE)
+    path.write_bytes(data)
+
+
+def test_lying_zip_bomb_refused(tmp_path: Path) -> None:
+    bomb = tmp_path / "liar.zip"
+    _lying_zip_bomb(bomb, 200)
+    with zipfile.ZipFile(bomb) as z:  # the lie is consistent: a reader trusting the headers sees a small file
+        assert sum(i.file_size for i in z.infolist()) < 5000
+        assert z.read("word/document.xml") == b"\0" * LIE
+    for ext in (".docx", ".xlsx", ".pptx", ".epub"):  # every zip-based format goes through the same check
+        reason = reason_of(bomb, name=f"liar{ext}")
+        match = re.fullmatch(r"refused: zip bomb \(inflates to over ([\d,]+) MB, declares 0 MB\)", reason)
+        assert match, reason
+        # It stopped inflating at the limit instead of inflating all 200 MB.
+        assert sniff.ZIP_RATIO_MIN_SIZE / 2**20 <= int(match[1].replace(",", "")) < 200
+    with pytest.raises(LoadError, match=r"^refused: zip bomb \(inflates to over"):
+        load_file_isolated(bomb, name="liar.docx")  # the path the server uses for Office files
+
+
 # --- isolation -------------------------------------------------------------------------------------
 
 
@@ -513,14 +560,44 @@ def test_isolated_errors_pass_through() -> None:
         load_file_isolated(DOCS / "pdf_encrypted" / "pdfminer_six__aes-128.pdf")
 
 
-def test_isolated_timeout(tmp_path: Path) -> None:
-    path = tmp_path / "huge.txt"
-    path.write_text("lorem ipsum dolor sit amet\n" * 400_000)
+def _isolated_children() -> list[str]:
+    """Command lines of this process's children that run the isolated loader."""
+    me = str(os.getpid())
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = stat.read_text().rpartition(")")[2].split()[1]
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # the process ended while we looked
+            continue
+        if ppid == me and "kb.loaders.isolate" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_isolated_parser_stuck_on_input_times_out(tmp_path: Path) -> None:
+    # 4 MB of nested HTML markup keeps the HTML parser busy for tens of seconds (about 25 s on the reference
+    # machine), far past the limit.
+    stuck = tmp_path / "stuck.html"
+    stuck.write_text("<html><body>" + "<div><p>para <b>bold</b> <i>x</i></p></div>\n" * 100_000
+                     + "<p>body text</p></body></html>", encoding="utf-8")
+    # The control: a file of the same size that is cheap to parse. It loads well within the limit, so the
+    # limit leaves room for the child's start-up and a refusal of the stuck file is the parser's doing.
+    benign = tmp_path / "benign.txt"
+    benign.write_text("para bold x. " * 340_000 + "\n\nbody text\n", encoding="utf-8")
+    assert abs(benign.stat().st_size - stuck.stat().st_size) < stuck.stat().st_size // 10
+    options = LoaderOptions(timeout_s=3)
+    assert "body text" in all_text(load_file_isolated(benign, options=options))
+
     start = time.monotonic()
     with pytest.raises(LoadError) as info:
-        load_file_isolated(path, options=LoaderOptions(timeout_s=0.001))
-    assert info.value.reason == "timed out after 0.001 s"
-    assert time.monotonic() - start < 5
+        load_file_isolated(stuck, options=options)
+    waited = time.monotonic() - start
+    assert info.value.reason == "timed out after 3 s"
+    assert 3 <= waited < 15  # it waited for the limit, then did not wait for the parser to finish
+    assert _isolated_children() == []  # the stuck child was killed, not left spinning
+    # The calling process carries on: the next file loads normally.
+    assert "body text" in all_text(load_file_isolated(benign, options=options))
 
 
 def test_isolated_memory_limit(tmp_path: Path) -> None:
@@ -529,3 +606,27 @@ def test_isolated_memory_limit(tmp_path: Path) -> None:
     with pytest.raises(LoadError) as info:
         load_file_isolated(path, options=LoaderOptions(max_memory_mb=120))
     assert info.value.reason == "too large to load in memory"
+
+
+@pytest.mark.parametrize("name, line", [
+    ("heading.md", "# a" + " " * 100_000 + "b"),  # the old heading regex: minutes
+    ("blanks.txt", "a" + " \t" * 100_000 + "b"),  # the old trailing-blank regex: about 30 s
+])
+def test_long_blank_runs_load_in_linear_time(tmp_path: Path, name: str, line: str) -> None:
+    """Runs of blanks once made two loader regexes backtrack quadratically; a file of such lines must cost
+    about what a same-size file without them costs (measured in the same run)."""
+    crafted = tmp_path / name
+    crafted.write_text(line + "\n\nbody text\n", encoding="utf-8")
+    control = tmp_path / ("control" + Path(name).suffix)
+    control.write_text(line[:3] + "x" * (len(line) - 3) + "\n\nbody text\n", encoding="utf-8")
+
+    def seconds(path: Path) -> float:
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            assert "body text" in all_text(load_file(path))
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    ratio = seconds(crafted) / seconds(control)
+    assert ratio < 20, f"{name}: {ratio:.0f}x the time of a same-size file"

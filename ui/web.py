@@ -14,9 +14,10 @@ from typing import Any
 
 import gradio as gr
 
+from api.security import AccessPolicy
 from services import Services
 from ui.chat_tab import build_chat_tab, refresh_kbs
-from ui.i18n import I18N, t
+from ui.i18n import I18N, TEXT, t
 from ui.kb_tab import build_kb_tab
 
 # Built-in theme with local/system fonts only: the app must work without internet (no Google Fonts).
@@ -51,6 +52,8 @@ def build_ui(services: Services) -> gr.Blocks:
         if kb.load is not None:
             demo.load(kb.load, [kb.kb], kb.load_outputs)
         demo.load(refresh_chat, *chat_io, queue=False)
+    # A bounded queue: when it is full Gradio refuses new events, and queued users see their position.
+    demo.queue(max_size=services.settings.max_queued_chats)
     demo.i18n_instance = I18N
     return demo
 
@@ -66,9 +69,11 @@ def mount_options(services: Services) -> dict[str, Any]:
         "footer_links": ["settings"],  # Gradio's settings panel also lets a user switch the language by hand
         "show_error": True,
     }
-    if s.ui_auth:
-        user, _, password = s.ui_auth.partition(":")
-        opts["auth"] = (user, password)
+    policy = AccessPolicy.from_settings(s)
+    if policy.enabled:  # the UI's login form checks the same credentials as the rest of the app
+        opts["auth"] = policy.login_ok
+        opts["auth_message"] = " / ".join(TEXT["login_help"])  # plain text: the login page is not translated
+    opts["run_history"] = False  # it could connect to an outside bucket; we keep nothing in the browser
     return opts
 
 

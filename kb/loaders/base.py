@@ -15,7 +15,7 @@ MAX_DOC_CHARS = 20_000
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff\ufffe\uffff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_TRAILING_WS = re.compile(r"[ \t\u3000]+\n")
+_TRAILING_BLANKS = " \t\u3000"
 _MANY_BLANKS = re.compile(r"\n{3,}")
 
 
@@ -36,7 +36,8 @@ def clean_text(text: str) -> str:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     text = _SURROGATE.sub("", text)
-    text = _TRAILING_WS.sub("\n", text)
+    # Per line, not a regex: "[ \t]+\n" backtracks quadratically over a long run of blanks not ending a line.
+    text = "\n".join(line.rstrip(_TRAILING_BLANKS) for line in text.split("\n"))
     text = _MANY_BLANKS.sub("\n\n", text)
     return text.strip()
 

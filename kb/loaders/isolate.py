@@ -3,21 +3,24 @@
 A plain ``python -m kb.loaders.isolate`` child (subprocess) is used rather than multiprocessing:
 it never re-imports the caller's ``__main__`` (an unguarded app script would re-run in a spawn
 child), works the same from any thread, and a segfault/abort in MuPDF or onnxruntime only kills the
-child. Request and result travel as pickles over stdin / a private copy of stdout.
+child. Request and result travel as JSON over stdin / a private copy of stdout (never a pickle: a file that
+subverted its parser must not be able to run code in the server through the result).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from kb.loaders.base import LoaderOptions
-from kb.types import LoadedFile, LoadError
+from kb.types import Document, LoadedFile, LoadError
 
 _ROOT = Path(__file__).resolve().parents[2]  # the directory that contains the kb package
 
@@ -26,8 +29,17 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:g}"
 
 
+def to_json(loaded: LoadedFile) -> dict[str, Any]:
+    return asdict(loaded)
+
+
+def from_json(data: dict[str, Any]) -> LoadedFile:
+    data = dict(data)
+    return LoadedFile(docs=[Document(**d) for d in data.pop("docs")], **data)
+
+
 def run_isolated(path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
-    request = pickle.dumps((str(path), name, options))
+    request = json.dumps({"path": str(path), "name": name, "options": asdict(options)}).encode()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,13 +60,13 @@ def run_isolated(path: Path, name: str | None, options: LoaderOptions) -> Loaded
         code = proc.returncode
         if out:
             try:
-                status, payload = pickle.loads(out)
-            except Exception:  # truncated pickle: the child died while writing
-                status, payload = "crash", None
-            if status == "ok" and isinstance(payload, LoadedFile):
-                return payload
-            if status == "err":
-                raise LoadError(str(payload))
+                reply = json.loads(out)
+            except ValueError:  # truncated: the child died while writing
+                reply = {}
+            if "ok" in reply:
+                return from_json(reply["ok"])
+            if "error" in reply:
+                raise LoadError(str(reply["error"]))
         if code is not None and code < 0:
             try:
                 sig = signal.Signals(-code).name
@@ -84,7 +96,8 @@ def _child() -> None:
     result_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    path, name, options = pickle.loads(sys.stdin.buffer.read())
+    request = json.loads(sys.stdin.buffer.read())
+    path, name, options = request["path"], request["name"], LoaderOptions(**request["options"])
     try:
         import resource
 
@@ -97,12 +110,12 @@ def _child() -> None:
     from kb.loaders import load_file
 
     try:
-        result: tuple[str, object] = ("ok", load_file(Path(path), name=name, options=options))
-        data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        reply: dict[str, object] = {"ok": to_json(load_file(Path(path), name=name, options=options))}
     except LoadError as exc:
-        data = pickle.dumps(("err", exc.reason))
+        reply = {"error": exc.reason}
     except MemoryError:
-        data = pickle.dumps(("err", "too large to load in memory"))
+        reply = {"error": "too large to load in memory"}
+    data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")
     with os.fdopen(result_fd, "wb") as fh:
         fh.write(data)
         fh.flush()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import zipfile
+import zlib
 from pathlib import Path
 
 from kb.types import LoadError
 
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
-# Zip-bomb limits, checked on the central directory before any parser touches the archive.
+# Zip-bomb limits, checked before any parser touches the archive: first on the sizes the central directory
+# declares, then on the bytes the entries really inflate to (declared sizes can lie).
 ZIP_MAX_TOTAL = 500 * 1024 * 1024
 ZIP_MAX_RATIO = 100
 ZIP_RATIO_MIN_SIZE = 50 * 1024 * 1024
@@ -99,20 +102,21 @@ def check_zip_container(path: Path, ext: str) -> None:
     if not data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         what = describe(head(path))
         raise LoadError(f"not a {label} file" + (f" (looks like {what})" if what else ""))
+    packed = max(path.stat().st_size, 1)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            if len(infos) > ZIP_MAX_ENTRIES:
+                raise LoadError(f"refused: zip bomb ({len(infos):,} entries)")
+            total = sum(i.file_size for i in infos)
+            if _too_big(total, packed):
+                raise LoadError(f"refused: zip bomb (uncompressed size {total / 2**20:,.0f} MB, "
+                                f"ratio {total / packed:,.0f}:1)")
+            _check_inflated_size(zf, infos, packed, label)
             names = {i.filename for i in infos}
             mimetype = zf.read("mimetype")[:100].decode("ascii", "replace").strip() if "mimetype" in names else ""
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
         raise LoadError(f"damaged {label} file: {exc}") from None
-    if len(infos) > ZIP_MAX_ENTRIES:
-        raise LoadError(f"refused: zip bomb ({len(infos):,} entries)")
-    total = sum(i.file_size for i in infos)
-    packed = max(path.stat().st_size, 1)
-    if total > ZIP_MAX_TOTAL or (total > ZIP_RATIO_MIN_SIZE and total / packed > ZIP_MAX_RATIO):
-        raise LoadError(f"refused: zip bomb (uncompressed size {total / 2**20:,.0f} MB, "
-                        f"ratio {total / packed:,.0f}:1)")
     if mimetype in _ODF:
         raise LoadError(f"not a {label} file ({_ODF[mimetype]})")
     if ext == ".epub":
@@ -125,3 +129,30 @@ def check_zip_container(path: Path, ext: str) -> None:
         if found:
             raise LoadError(f"not a {label} file (it is a {found.lstrip('.').upper()}: rename it to {found})")
         raise LoadError(f"not a {label} file")
+
+
+def _too_big(size: int, packed: int) -> bool:
+    return size > ZIP_MAX_TOTAL or (size > ZIP_RATIO_MIN_SIZE and size / packed > ZIP_MAX_RATIO)
+
+
+def _check_inflated_size(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], packed: int, label: str) -> None:
+    """Inflate every entry once, counting the bytes it really yields, and stop at the zip-bomb limits.
+
+    A bomb can declare a small size over a deflate stream that inflates a thousandfold, so the declared
+    sizes are not trusted: each entry is read to the real end of its data, in bounded blocks.
+    """
+    declared = sum(i.file_size for i in infos)
+    inflated = 0
+    for info in infos:
+        # OOXML and EPUB packages use only these two; other methods (bzip2, lzma) would inflate unbounded
+        # in one zipfile read, so they are refused rather than probed.
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise LoadError(f"damaged {label} file: unsupported compression method {info.compress_type}")
+        probe = copy.copy(info)
+        probe.file_size = ZIP_MAX_TOTAL + 1  # zipfile stops at the declared size: make it never the limit
+        with zf.open(probe) as fh:
+            while block := fh.read(1 << 20):
+                inflated += len(block)
+                if _too_big(inflated, packed):
+                    raise LoadError(f"refused: zip bomb (inflates to over {inflated / 2**20:,.0f} MB, "
+                                    f"declares {declared / 2**20:,.0f} MB)")

@@ -12,7 +12,23 @@ from kb.types import LoadedFile, LoadError
 
 MARKDOWN_EXTS = {".md", ".markdown"}
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+# The heading text is taken apart in _atx(): a regex with a lazy text group before optional trailing blanks and
+# '#'s backtracks quadratically on a long run of blanks (a 100 KB line took minutes).
+_ATX_START = re.compile(r" {0,3}(#{1,6})(?:[ \t]|$)")
+
+
+def _atx(line: str) -> tuple[int, str] | None:
+    """(level, text) of an ATX heading such as ``## Title ##``, or None; linear in the line's length."""
+    m = _ATX_START.match(line)
+    if not m:
+        return None
+    text = line[m.end():].strip(" \t")
+    closed = text.rstrip("#")
+    if closed != text and (not closed or closed[-1] in " \t"):  # a closing '#' run needs a blank before it
+        text = closed.rstrip(" \t")
+    return (len(m.group(1)), text) if text else None
+
+
 _ATX_LINE = re.compile(r"^#{1,6}[ \t]+\S", re.M)
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -83,9 +99,9 @@ def _markdown(text: str, out: Collector, meta: dict) -> None:
         if fence:
             sec.lines.append(line)
             continue
-        m = _ATX.match(line)
-        if m:
-            sec.heading(len(m.group(1)), m.group(2), line)
+        atx = _atx(line)
+        if atx:
+            sec.heading(*atx, line)
             continue
         m = _SETEXT.match(line)
         prev = sec.lines[-1] if sec.lines else ""
@@ -124,6 +140,5 @@ def load_text(path: Path, ext: str, options: LoaderOptions) -> LoadedFile:
         _plain(text, out, meta)
     title = None
     if markdown:
-        m = next((m for line in text.split("\n", 200)[:200] if (m := _ATX.match(line)) and len(m.group(1)) == 1), None)
-        title = m.group(2) if m else None
+        title = next((h[1] for line in text.split("\n", 200)[:200] if (h := _atx(line)) and h[0] == 1), None)
     return out.finish(title=title)

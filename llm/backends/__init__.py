@@ -18,7 +18,8 @@ def create_backend(settings: Any) -> LLMBackend:
         from llm.models import resolve_gguf
 
         path = resolve_gguf(settings.llm_model, settings.models_dir)
-        return LlamaCppBackend(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, name=settings.llm_model)
+        return LlamaCppBackend(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, name=settings.llm_model,
+                               socket_dir=settings.tmp_dir)
     if kind == "transformers":
         from llm.backends.transformers_backend import TransformersBackend
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import secrets
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,13 @@ from llm.backends.base import GenParams, LLMError, Message, check_messages
 _END = object()
 
 
+# Unix socket paths are limited to 107 bytes (sun_path).
+_MAX_SOCKET_PATH = 100
+
+
 class LlamaCppBackend:
-    def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int = 2, name: str | None = None):
+    def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int = 2, name: str | None = None,
+                 socket_dir: Path | None = None):
         import xllamacpp  # lazy: loads a native library
 
         self.model_path = Path(model_path)
@@ -41,9 +47,20 @@ class LlamaCppBackend:
         p.verbosity = -1
         p.ui = False
         p.offline = True
-        # The server also listens on a loopback port; a random key keeps other local users out of it.
+        # xllamacpp always starts llama.cpp's HTTP server, which we never call (requests go in-process). Keep it
+        # unreachable: a Unix socket in a fresh 0700 dir (no TCP port at all), a random key on every route, and
+        # a random path prefix so even its key-free /health is not found.
         self._api_key = secrets.token_hex(16)
         p.api_keys = [self._api_key]
+        p.api_prefix = "/" + secrets.token_hex(8)
+        self.socket_path: Path | None = None
+        if socket_dir is not None:
+            socket_dir.mkdir(parents=True, exist_ok=True)
+            sock = Path(tempfile.mkdtemp(prefix="llama-", dir=socket_dir)) / "s.sock"
+            if len(str(sock)) <= _MAX_SOCKET_PATH:
+                p.hostnames = [str(sock)]
+                self.socket_path = sock
+        self.api_prefix = p.api_prefix
         try:
             self._server = xllamacpp.Server(p)
         except RuntimeError as e:
@@ -81,7 +98,8 @@ class LlamaCppBackend:
 
     @property
     def listening_address(self) -> str:
-        """The loopback OpenAI-compatible endpoint of the embedded server (needs ``api_key``)."""
+        """The embedded server's address: ``unix://<socket>``, or loopback TCP when the socket path would be too
+        long (needs ``api_prefix`` and ``api_key`` either way)."""
         return str(self._server.listening_address)
 
     @property

@@ -1,0 +1,131 @@
+"""Text formats (text, markdown, HTML, CSV, JSON, XML) are loaded in long-lived child processes with the same
+limits as ``kb.loaders.isolate`` (a wall-clock limit per file, an address-space limit), without paying a process
+start per file (0.14 s against 0.03 s for a small markdown file on the reference machine).
+
+A worker that times out or dies is killed and replaced; idle workers are reused by the next load. Requests and
+results are JSON lines over the child's stdin and a private copy of its stdout: nothing crossing the process
+boundary is unpickled, so a file that subverted its parser still cannot run code in the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kb.loaders.base import LoaderOptions
+from kb.loaders.isolate import _kill, from_json, to_json
+from kb.types import LoadedFile, LoadError
+
+_ROOT = Path(__file__).resolve().parents[2]  # the directory that contains the kb package
+_idle: dict[int, queue.SimpleQueue[_Worker]] = {}  # by address-space limit
+_idle_lock = threading.Lock()
+
+
+def load_file_pooled(path: Path, *, name: str | None = None, options: LoaderOptions | None = None) -> LoadedFile:
+    """Like ``load_file``, in a pooled child process with the isolation limits."""
+    from kb.loaders import precheck
+
+    options = options or LoaderOptions()
+    precheck(Path(path), name, options)
+    with _idle_lock:
+        idle = _idle.setdefault(options.max_memory_mb, queue.SimpleQueue())
+    try:
+        worker = idle.get_nowait()
+    except queue.Empty:
+        worker = _Worker(options.max_memory_mb)
+    try:
+        result = worker.load(Path(path), name, options)
+    except BaseException:
+        worker.kill()  # timed out, crashed or interrupted: its state is unknown
+        raise
+    idle.put(worker)
+    return result
+
+
+class _Worker:
+    def __init__(self, max_memory_mb: int):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kb.loaders.worker", str(max_memory_mb)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        self._buffer = b""
+
+    def load(self, path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
+        request = {"path": str(path), "name": name, "options": asdict(options)}
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise LoadError("loader crashed (worker exited)") from None
+        line = self._read_line(time.monotonic() + options.timeout_s, options.timeout_s)
+        reply = json.loads(line)
+        if "error" in reply:
+            raise LoadError(str(reply["error"]))
+        return from_json(reply["ok"])
+
+    def _read_line(self, deadline: float, timeout_s: float) -> bytes:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise LoadError(f"timed out after {timeout_s:g} s")
+            data = os.read(fd, 1 << 20)
+            if not data:
+                code = self.proc.wait()
+                hint = "; probably out of memory" if code in (-9, -6) else ""
+                raise LoadError(f"loader crashed (exit code {code}{hint})")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def kill(self) -> None:
+        _kill(self.proc)
+
+
+def _serve(max_memory_mb: int) -> None:
+    # Keep the real stdout for results; anything printed by libraries goes to stderr instead.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        import resource
+
+        limit = max_memory_mb * 1024 * 1024
+        if limit > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass  # not fatal: the time limit still applies
+    from kb.loaders import load_file
+
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        options = LoaderOptions(**request["options"])
+        fatal = False
+        try:
+            reply: dict[str, Any] = {"ok": to_json(load_file(Path(request["path"]), name=request["name"],
+                                                             options=options))}
+        except LoadError as exc:
+            reply = {"error": exc.reason}
+            fatal = exc.reason == "too large to load in memory"  # the heap may be left in a bad state
+        out.write(json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+        out.flush()
+        if fatal:
+            break
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
