@@ -231,3 +231,36 @@ def test_delete_kb_asks_for_confirmation(server: LiveServer, browser: object) ->
     expect(page.get_by_text("already exists").first).to_be_visible(timeout=30_000)
     assert "Traceback" not in (page.content())
     page.context.close()
+
+
+def test_newcomer_path_first_kb_becomes_the_chat_default(browser: object, tmp_path: Path) -> None:
+    """With no KB the chat says how to make one; after the first KB is created and filled in the KB tab, the
+    chat tab is on that KB (not in the plain-LLM mode it chose at page load); the upload draws one progress bar."""
+    with LiveServer(make_settings(tmp_path / "d")) as srv:
+        page = open_page(browser, srv.url, "en-US")
+        expect(page.locator("#chat-no-kb")).to_contain_text("No knowledge base yet")
+        expect(page.locator("#chat-kb")).to_be_hidden()
+        page.get_by_role("tab", name="Knowledge bases").click()
+        page.locator("#kb-new-name textarea").fill("first")
+        page.locator("#kb-create").click()
+        expect(page.locator("#kb-status")).to_contain_text("'first' created", timeout=180_000)
+        # The most progress indicators visible at once in the tab while the upload runs.
+        page.evaluate("""() => {
+            window.__bars = 0;
+            // One status tracker (Gradio's .wrap) per component showing progress, however it draws it.
+            const count = () => new Set([...document.querySelectorAll(
+                '#tab-kb .progress-level, #tab-kb .eta-bar, #tab-kb .progress-bar')].map(e => e.closest('.wrap'))).size;
+            new MutationObserver(() => { window.__bars = Math.max(window.__bars, count()); })
+                .observe(document.querySelector('#tab-kb'), {subtree: true, childList: true, attributes: true});
+        }""")
+        page.locator("#kb-upload input[type=file]").set_input_files([str(make_pdf(tmp_path / PDF_NAME))])
+        expect(page.locator("#kb-upload")).to_contain_text(PDF_NAME)  # the browser finished sending it
+        page.locator("#kb-upload-btn").click()
+        expect(page.locator("#kb-results")).to_contain_text("indexed with", timeout=180_000)
+        bars = page.evaluate("window.__bars")
+        assert bars == 1, f"{bars} progress indicators at once"
+        page.get_by_role("tab", name="Chat").click()
+        expect(page.locator("#chat-mode input[value=kb]")).to_be_checked()
+        expect(page.locator("#chat-kb input")).to_have_value("first")
+        expect(page.locator("#chat-no-kb")).to_be_hidden()
+        page.context.close()

@@ -45,9 +45,10 @@ def sources_block(question: str, query: str | None, hits: list[Any], lang: Lang)
 class ChatTab:
     kb: gr.Dropdown
     mode: gr.Radio
+    no_kb: gr.Markdown  # how to make a first KB, shown while there is none
 
     def refresh_outputs(self) -> list[gr.components.Component]:
-        return [self.mode, self.kb]
+        return [self.mode, self.kb, self.no_kb]
 
 
 class _Cancels:
@@ -87,6 +88,7 @@ def build_chat_tab(services: Services) -> ChatTab:
         kb = gr.Dropdown(choices=names, value=names[0] if names else None, label=t("chat_kb"),
                          elem_id="chat-kb", interactive=True, visible=bool(names), scale=3,
                          allow_custom_value=True)
+    no_kb = gr.Markdown(t("chat_no_kb"), elem_id="chat-no-kb", visible=not names)
     chatbot = gr.Chatbot(label=t("chatbot"), show_label=False, elem_id="chatbot", height=460, sanitize_html=True,
                          render_markdown=True, buttons=["copy"], feedback_options=None)
     history = gr.State([])  # (question, raw answer) pairs: what the model sees, without the sources footer
@@ -188,7 +190,7 @@ def build_chat_tab(services: Services) -> ChatTab:
     stop.click(stop_generation, None, None, queue=False)
     clear.click(clear_chat, None, outputs, queue=False)
     mode.change(lambda m: gr.update(visible=m == "kb"), mode, kb, queue=False)
-    return ChatTab(kb=kb, mode=mode)
+    return ChatTab(kb=kb, mode=mode, no_kb=no_kb)
 
 
 def _llm_error() -> type[Exception]:
@@ -201,10 +203,11 @@ def _llm_error() -> type[Exception]:
 
 
 @user_errors
-def refresh_kbs(services: Services, mode_value: str, current: str | None) -> tuple[Any, Any]:
-    """New KB choices for the chat tab, keeping the current one when it still exists."""
+def refresh_kbs(services: Services, mode_value: str, current: str | None) -> tuple[Any, Any, Any]:
+    """New KB choices for the chat tab (mode, KB dropdown, no-KB hint), keeping ``current`` when it exists."""
     names = services.kbs.names()
     value = current if current in names else (names[0] if names else None)
     if not names and mode_value == "kb":
         mode_value = "llm"
-    return gr.update(value=mode_value), gr.update(choices=names, value=value, visible=mode_value == "kb")
+    return (gr.update(value=mode_value), gr.update(choices=names, value=value, visible=mode_value == "kb"),
+            gr.update(visible=not names))

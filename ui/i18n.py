@@ -19,6 +19,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "title": ("Knowledge-base chat", "知识库问答"),
     "login_help": ("Log in with the server's UI account, or any user name and an API key as the password.",
                    "请使用服务器的界面账号登录，或任意用户名加 API 密钥作为密码。"),
+    "chat_no_kb": ("No knowledge base yet: create one in the **Knowledge bases** tab and upload files, then ask "
+                   "about them here.", "还没有知识库：请在**知识库管理**页创建知识库并上传文件，然后在这里提问。"),
     "chat_too_long": ("The message is too long: at most {limit} characters.", "消息过长：最多 {limit} 个字符。"),
     "subtitle": ("Offline chat with your documents. Model: ", "离线文档问答。模型："),
     # --- chat tab

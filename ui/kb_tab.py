@@ -56,6 +56,8 @@ class KBTab:
     kb: gr.Dropdown
     # Events after which the KB list may have changed; the chat tab chains its dropdown refresh on them.
     changed: list[Any] = field(default_factory=list)
+    # Events that created or filled the selected KB: the chat switches to it (the newcomer's next question).
+    filled: list[Any] = field(default_factory=list)
     load: Callable[..., Any] | None = None
     load_outputs: list[Any] = field(default_factory=list)
 
@@ -231,14 +233,15 @@ def build_kb_tab(services: Services) -> KBTab:
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, queue=False)
     deleted = confirm.click(delete_kb, [kb], [*view_outputs, confirm_box, status], api_name="delete_kb")
     set_mode.click(change_mode, [kb, mode], [info, status])
+    # Progress is drawn once, on the results, not on every output of the event.
     uploaded = upload.click(upload_files, [kb, files_in, *chunk_inputs], [results, files_in, *view_outputs, status],
-                            concurrency_id="kb_write")
+                            concurrency_id="kb_write", show_progress_on=[results])
     delete_file.click(remove_file, [kb, file_pick], [*view_outputs, status], concurrency_id="kb_write",
                       api_name="delete_file")
     rebuild.click(rebuild_kb, [kb, *chunk_inputs], [results, *view_outputs, status], concurrency_id="kb_write",
-                  api_name="rebuild_kb")
+                  api_name="rebuild_kb", show_progress_on=[results])
     search.click(run_search, [kb, query, s_top_k, s_threshold, s_mode], [hits, status], api_name="search_kb")
     query.submit(run_search, [kb, query, s_top_k, s_threshold, s_mode], [hits, status], api_name=False)
 
-    return KBTab(kb=kb, changed=[created, deleted, uploaded], load=on_load,
+    return KBTab(kb=kb, changed=[deleted], filled=[created, uploaded], load=on_load,
                  load_outputs=[*view_outputs, results, hits])

@@ -41,13 +41,19 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab(t("tab_kb"), id="kb", elem_id="tab-kb"):
                 kb = build_kb_tab(services)
 
-        def refresh_chat(mode_value: str, current: str | None) -> tuple[Any, Any]:
+        def refresh_chat(mode_value: str, current: str | None) -> tuple[Any, ...]:
             return refresh_kbs(services, mode_value, current)
+
+        def switch_chat(touched: str | None) -> tuple[Any, ...]:
+            return refresh_kbs(services, "kb", touched)
 
         chat_io = ([chat.mode, chat.kb], chat.refresh_outputs())
         # Keep the chat tab's KB list in step with the KB tab: after create/delete/upload and on every visit.
         for event in kb.changed:
             event.then(refresh_chat, *chat_io, queue=False)
+        # A KB just created or filled becomes the chat's KB: the next question is about those documents.
+        for event in kb.filled:
+            event.then(switch_chat, [kb.kb], chat.refresh_outputs(), queue=False)
         chat_page.select(refresh_chat, *chat_io, queue=False)
         if kb.load is not None:
             demo.load(kb.load, [kb.kb], kb.load_outputs)
