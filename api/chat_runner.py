@@ -41,9 +41,13 @@ def check_size(services: Services, question: str, history: list[tuple[str, str]]
     if longest > s.max_message_chars:
         raise APIError(413, f"a message has {longest} characters; the limit is {s.max_message_chars} "
                        "(max_message_chars)", "message_too_long")
-    count = 1 + sum(2 if a else 1 for _, a in history)
-    if count > s.max_messages:
-        raise APIError(413, f"{count} messages in one request; the limit is {s.max_messages} (max_messages)",
+    check_message_count(services, 1 + sum(2 if a else 1 for _, a in history))
+
+
+def check_message_count(services: Services, count: int) -> None:
+    limit = services.settings.max_messages
+    if count > limit:
+        raise APIError(413, f"{count} messages in one request; the limit is {limit} (max_messages)",
                        "too_many_messages")
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, collect, get_chat
+from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, check_message_count, collect, get_chat
 from api.errors import APIError, payload_for
 from api.schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest, source_dict
 from kb.embeddings import PACKAGED
@@ -119,9 +119,7 @@ def _finish_reason(tokens: int, max_tokens: int) -> str:
              response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     services = _services(request)
-    if len(body.messages) > services.settings.max_messages:
-        raise APIError(413, f"{len(body.messages)} messages in one request; the limit is "
-                       f"{services.settings.max_messages} (max_messages)", "too_many_messages")
+    check_message_count(services, len(body.messages))  # system messages count too, though not passed on
     question, history = split_messages(body.messages)
     kb = _kb_name(body)
     await run_in_threadpool(check_kb, services, kb)

@@ -112,23 +112,26 @@ class AccessPolicy:
             ok |= _equal(given, key)
         return ok
 
+    def account_ok(self, user: str, password: str) -> bool:
+        if self.ui_account is None:
+            return False
+        return _equal(user, self.ui_account[0]) & _equal(password, self.ui_account[1])
+
     def login_ok(self, user: str, password: str) -> bool:
         """The UI login: the ui_auth account, or any user name with an API key as the password."""
-        account = self.ui_account is not None and _equal(user, self.ui_account[0]) and \
-            _equal(password, self.ui_account[1])
-        return account | self.key_ok(password)
+        return self.account_ok(user, password) | self.key_ok(password)
 
     def header_ok(self, authorization: str | None) -> bool:
         scheme, _, value = (authorization or "").partition(" ")
         scheme, value = scheme.lower(), value.strip()
         if scheme == "bearer" and value:
             return self.key_ok(value)
-        if scheme == "basic" and value and self.ui_account is not None:
+        if scheme == "basic" and value:
             try:
                 user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return False
-            return bool(sep) and _equal(user, self.ui_account[0]) & _equal(password, self.ui_account[1])
+            return bool(sep) and self.account_ok(user, password)
         return False
 
 
@@ -164,7 +167,7 @@ class HostPolicy:
 
     def __init__(self, bind_host: str, allowed_hosts: list[str]):
         self.any = "*" in allowed_hosts
-        self.names = LOOPBACK_NAMES | {h.lower() for h in allowed_hosts} | {bind_host.lower()}
+        self.names = {h.lower() for h in allowed_hosts} | {bind_host.lower()}  # loopback: is_loopback()
         try:
             bind_ip = ipaddress.ip_address(bind_host)
         except ValueError:

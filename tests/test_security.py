@@ -4,6 +4,7 @@ Gradio's mounted app) obeys the same access policy, on a real uvicorn server."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 import sys
@@ -372,7 +373,6 @@ class _Boom:
 def test_no_pickle_is_read_from_a_data_dir(manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A KB folder from elsewhere with a hostile pickle where the old format kept its keyword index: loading
     and searching it must not unpickle anything, and keyword search must still work."""
-    import json
     import pickle
 
     kb = manager.create("copied", search_mode="keyword")
@@ -437,7 +437,7 @@ class ScriptedModel:
                 for piece in re.findall(r".{1,12}", model.answer, re.S):
                     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
                              "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-                    self.wfile.write(f"data: {json_dumps(chunk)}\n\n".encode())
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -455,12 +455,6 @@ class ScriptedModel:
 
     def close(self) -> None:
         self.server.shutdown()
-
-
-def json_dumps(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj)
 
 
 def test_model_markdown_cannot_make_the_browser_fetch(browser: Any, tmp_path: Path) -> None:

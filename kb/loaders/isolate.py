@@ -17,7 +17,7 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kb.loaders.base import LoaderOptions
 from kb.types import Document, LoadedFile, LoadError
@@ -38,24 +38,36 @@ def from_json(data: dict[str, Any]) -> LoadedFile:
     return LoadedFile(docs=[Document(**d) for d in data.pop("docs")], **data)
 
 
-def run_isolated(path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
-    request = json.dumps({"path": str(path), "name": name, "options": asdict(options)}).encode()
+def request_bytes(path: Path, name: str | None, options: LoaderOptions) -> bytes:
+    return json.dumps({"path": str(path), "name": name, "options": asdict(options)}).encode()
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a loader child: it imports the kb package from this checkout, never a hub."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def timed_out(timeout_s: float) -> LoadError:
+    return LoadError(f"timed out after {_fmt_seconds(timeout_s)} s")
+
+
+def run_isolated(path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kb.loaders.isolate"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=child_env(), start_new_session=True,
         )
         try:
-            out, _ = proc.communicate(request, timeout=options.timeout_s)
+            out, _ = proc.communicate(request_bytes(path, name, options), timeout=options.timeout_s)
         except subprocess.TimeoutExpired:
-            _kill(proc)
-            raise LoadError(f"timed out after {_fmt_seconds(options.timeout_s)} s") from None
+            kill_child(proc)
+            raise timed_out(options.timeout_s) from None
         except BaseException:
-            _kill(proc)
+            kill_child(proc)
             raise
         code = proc.returncode
         if out:
@@ -83,7 +95,7 @@ def run_isolated(path: Path, name: str | None, options: LoaderOptions) -> Loaded
         raise LoadError(f"loader crashed (exit code {code}{': ' + last if last else ''})")
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def kill_child(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the child's own session: nothing else is in it
     except (ProcessLookupError, PermissionError):
@@ -91,22 +103,28 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _child() -> None:
-    # Keep the real stdout for the result; anything printed by libraries goes to stderr instead.
-    result_fd = os.dup(1)
+def enter_child(max_memory_mb: int) -> BinaryIO:
+    """Set up a loader child: limit its memory, send what libraries print to stderr, and return the real
+    stdout, which carries only results."""
+    result = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    request = json.loads(sys.stdin.buffer.read())
-    path, name, options = request["path"], request["name"], LoaderOptions(**request["options"])
     try:
         import resource
 
-        limit = int(options.max_memory_mb) * 1024 * 1024
+        limit = int(max_memory_mb) * 1024 * 1024
         if limit > 0:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ImportError, ValueError, OSError):
         pass  # not fatal: the time limit still applies
+    return result
+
+
+def _child() -> None:
+    request = json.loads(sys.stdin.buffer.read())
+    path, name, options = request["path"], request["name"], LoaderOptions(**request["options"])
+    result = enter_child(options.max_memory_mb)
     from kb.loaders import load_file
 
     try:
@@ -116,9 +134,9 @@ def _child() -> None:
     except MemoryError:
         reply = {"error": "too large to load in memory"}
     data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")
-    with os.fdopen(result_fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
+    with result:
+        result.write(data)
+        result.flush()
     # Skip interpreter teardown: native libraries (onnxruntime threads) sometimes crash on exit.
     os._exit(0)
 

@@ -112,7 +112,7 @@ def check_zip_container(path: Path, ext: str) -> None:
             if _too_big(total, packed):
                 raise LoadError(f"refused: zip bomb (uncompressed size {total / 2**20:,.0f} MB, "
                                 f"ratio {total / packed:,.0f}:1)")
-            _check_inflated_size(zf, infos, packed, label)
+            _check_inflated_size(zf, infos, total, packed, label)
             names = {i.filename for i in infos}
             mimetype = zf.read("mimetype")[:100].decode("ascii", "replace").strip() if "mimetype" in names else ""
     except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
@@ -135,13 +135,13 @@ def _too_big(size: int, packed: int) -> bool:
     return size > ZIP_MAX_TOTAL or (size > ZIP_RATIO_MIN_SIZE and size / packed > ZIP_MAX_RATIO)
 
 
-def _check_inflated_size(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], packed: int, label: str) -> None:
+def _check_inflated_size(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], declared: int, packed: int,
+                         label: str) -> None:
     """Inflate every entry once, counting the bytes it really yields, and stop at the zip-bomb limits.
 
     A bomb can declare a small size over a deflate stream that inflates a thousandfold, so the declared
     sizes are not trusted: each entry is read to the real end of its data, in bounded blocks.
     """
-    declared = sum(i.file_size for i in infos)
     inflated = 0
     for info in infos:
         # OOXML and EPUB packages use only these two; other methods (bzip2, lzma) would inflate unbounded

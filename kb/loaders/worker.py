@@ -17,15 +17,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from kb.loaders.base import LoaderOptions
-from kb.loaders.isolate import _kill, from_json, to_json
+from kb.loaders.isolate import child_env, enter_child, from_json, kill_child, request_bytes, timed_out, to_json
 from kb.types import LoadedFile, LoadError
 
-_ROOT = Path(__file__).resolve().parents[2]  # the directory that contains the kb package
 _idle: dict[int, queue.SimpleQueue[_Worker]] = {}  # by address-space limit
 _idle_lock = threading.Lock()
 
@@ -53,18 +51,15 @@ def load_file_pooled(path: Path, *, name: str | None = None, options: LoaderOpti
 
 class _Worker:
     def __init__(self, max_memory_mb: int):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kb.loaders.worker", str(max_memory_mb)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env(), start_new_session=True)
         self._buffer = b""
 
     def load(self, path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
-        request = {"path": str(path), "name": name, "options": asdict(options)}
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.write(request_bytes(path, name, options) + b"\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise LoadError("loader crashed (worker exited)") from None
@@ -80,7 +75,7 @@ class _Worker:
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                raise LoadError(f"timed out after {timeout_s:g} s")
+                raise timed_out(timeout_s)
             data = os.read(fd, 1 << 20)
             if not data:
                 code = self.proc.wait()
@@ -91,23 +86,11 @@ class _Worker:
         return line
 
     def kill(self) -> None:
-        _kill(self.proc)
+        kill_child(self.proc)
 
 
 def _serve(max_memory_mb: int) -> None:
-    # Keep the real stdout for results; anything printed by libraries goes to stderr instead.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    try:
-        import resource
-
-        limit = max_memory_mb * 1024 * 1024
-        if limit > 0:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    except (ImportError, ValueError, OSError):
-        pass  # not fatal: the time limit still applies
+    out = enter_child(max_memory_mb)
     from kb.loaders import load_file
 
     for line in sys.stdin.buffer:
