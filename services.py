@@ -1,51 +1,18 @@
-"""What the web UI, the HTTP API and the CLI share: settings, the KB manager, the chat service
-(with its LLM, loaded once) and background jobs for long KB operations."""
+"""What the web UI, the HTTP API and the CLI share: settings, the KB manager (with its job workers) and the
+chat service (with its LLM, loaded once)."""
 
 from __future__ import annotations
 
 import threading
-import time
-import traceback
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from configs.settings import Settings
 from kb.service import KnowledgeBaseManager
-from kb.types import KBError
+from kb.types import Busy
 
 if TYPE_CHECKING:
     from llm.backends.base import LLMBackend
     from llm.chat import ChatService
-
-
-@dataclass
-class Job:
-    """A long KB operation (ingest, rebuild) running in a background thread."""
-
-    id: str
-    kind: str
-    kb: str
-    status: str = "running"  # running | done | failed
-    progress: float = 0.0
-    message: str = ""
-    result: Any = None
-    error: str | None = None
-    started_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in
-                ("id", "kind", "kb", "status", "progress", "message", "result", "error", "started_at", "finished_at")}
-
-
-class Busy(Exception):
-    """The server is at a configured capacity; the client should retry after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, retry_after: int = 10):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class Slots:
@@ -70,51 +37,13 @@ class Slots:
             self.in_use = max(0, self.in_use - 1)
 
 
-class Jobs:
-    def __init__(self, max_running: int = 4, keep: int = 200):
-        self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
-        self._keep = keep
-        self.slots = Slots(max_running, "knowledge-base jobs running", "max_jobs")
-
-    def start(self, kind: str, kb: str, work: Callable[[Callable[[float, str], None]], Any]) -> Job:
-        self.slots.acquire()
-        job = Job(id=uuid.uuid4().hex[:12], kind=kind, kb=kb)
-
-        def progress(frac: float, msg: str) -> None:
-            job.progress, job.message = round(frac, 4), msg
-
-        def run() -> None:
-            try:
-                job.result = work(progress)
-                job.status, job.progress = "done", 1.0
-            except KBError as e:
-                job.status, job.error = "failed", str(e)
-            except Exception as e:  # reported to the caller, never raised into the server
-                traceback.print_exc()
-                job.status, job.error = "failed", f"internal error: {type(e).__name__}: {e}"
-            finally:
-                job.finished_at = time.time()
-                self.slots.release()
-
-        with self._lock:
-            self._jobs[job.id] = job
-            if len(self._jobs) > self._keep:
-                for old in sorted(self._jobs.values(), key=lambda j: j.started_at)[: len(self._jobs) - self._keep]:
-                    if old.status != "running":
-                        self._jobs.pop(old.id, None)
-        threading.Thread(target=run, name=f"job-{job.id}", daemon=True).start()
-        return job
-
-    def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
-
-
 class Services:
     def __init__(self, settings: Settings, backend: LLMBackend | None = None):
         self.settings = settings
-        self.kbs = KnowledgeBaseManager(settings)
-        self.jobs = Jobs(settings.max_jobs)
+        # KB jobs (ingest, rebuild) live in the database; this process runs ``max_jobs`` of them at once,
+        # and other app processes on the same database run theirs.
+        self.kbs = KnowledgeBaseManager(settings, workers=settings.max_jobs)
+        self.jobs = self.kbs.jobs
         # Chats generating or waiting for the LLM, from the API and the UI together.
         self.chat_slots = Slots(settings.max_queued_chats, "chats queued for the model", "max_queued_chats")
         self._backend = backend
@@ -139,6 +68,9 @@ class Services:
 
                 self._chat = ChatService(self.settings, self.kbs, backend)
             return self._chat
+
+    def close(self) -> None:
+        self.kbs.close()
 
     def model_name(self) -> str:
         return self.settings.llm_model if self.settings.llm_backend != "openai" else self.settings.openai_model

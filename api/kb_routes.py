@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -14,7 +13,9 @@ from api.errors import APIError
 from api.schemas import KBCreate, KBUpdate, SearchRequest, hit_dict
 from api.uploads import receive_uploads
 from kb.embeddings import PACKAGED
-from services import Job, Services
+from kb.jobs import TERMINAL
+from kb.service import KnowledgeBase
+from services import Services
 
 router = APIRouter(prefix="/api", tags=["knowledge bases"])
 
@@ -28,25 +29,27 @@ _UPLOAD_BODY = {
     }
 }
 _WAIT = Query(False, description="Block until the job finishes and return its per-file results")
+_REPLACE = Query(False, description="A file whose name is already in the KB (with other content) replaces it; "
+                 "otherwise both are kept and the new one is numbered, e.g. 'report (2).pdf'")
 
 
 def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-async def _job_response(job: Job, wait: bool) -> JSONResponse:
+async def _job_response(services: Services, job: dict[str, Any], wait: bool) -> JSONResponse:
     if not wait:
-        return JSONResponse({"job": job.to_dict()}, status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
-    while job.status == "running":  # polled on the loop: waiting holds no worker thread
-        await asyncio.sleep(0.1)
-    if job.status == "failed":
-        internal = (job.error or "").startswith("internal error")
-        raise APIError(500 if internal else 400, f"{job.kind} failed: {job.error}", "job_failed")
-    return JSONResponse({"job": job.to_dict(), "results": job.result})
-
-
-def _results(items: list[Any]) -> list[dict[str, Any]]:
-    return [r.to_dict() for r in items]
+        return JSONResponse({"job": job}, status_code=202, headers={"Location": f"/api/jobs/{job['id']}"})
+    while job["status"] not in TERMINAL:  # polled from the loop: waiting holds no worker thread
+        await asyncio.sleep(0.2)
+        job = await run_in_threadpool(services.jobs.get, job["id"]) or job | {"status": "failed",
+                                                                               "error": "the job vanished"}
+    if job["status"] == "failed":
+        internal = (job["error"] or "").startswith("internal error")
+        raise APIError(500 if internal else 400, f"{job['kind']} failed: {job['error']}", "job_failed")
+    if job["status"] == "cancelled":
+        raise APIError(409, f"{job['kind']} was cancelled", "job_cancelled")
+    return JSONResponse({"job": job, "results": job["result"]})
 
 
 # --- knowledge bases -------------------------------------------------------------------------
@@ -63,7 +66,8 @@ def create_kb(body: KBCreate, request: Request) -> dict[str, Any]:
     if body.embedding_model is not None and body.embedding_model not in allowed:
         raise APIError(400, f"unknown embedding model '{body.embedding_model}': use one of {', '.join(allowed)}",
                        "invalid_embedding_model")
-    kb = services.kbs.create(body.name, embedding_model=body.embedding_model, search_mode=body.search_mode)
+    kb = services.kbs.create(body.name, embedding_model=body.embedding_model,
+                             **body.model_dump(exclude={"name", "embedding_model"}, exclude_none=True))
     return kb.info()
 
 
@@ -72,11 +76,11 @@ def get_kb(name: str, request: Request) -> dict[str, Any]:
     return _services(request).kbs.get(name).info()
 
 
-@router.patch("/kb/{name}", summary="Change a knowledge base's default search mode")
+@router.patch("/kb/{name}", summary="Change a knowledge base's own search settings (search mode, alpha, "
+             "threshold, top_k); null = follow the server's setting")
 def update_kb(name: str, body: KBUpdate, request: Request) -> dict[str, Any]:
     kb = _services(request).kbs.get(name)
-    kb.set_search_mode(body.search_mode)
-    return kb.info()
+    return kb.update(**body.model_dump(exclude_unset=True))
 
 
 @router.delete("/kb/{name}", summary="Delete a knowledge base and everything in it")
@@ -93,20 +97,20 @@ def list_files(name: str, request: Request) -> dict[str, Any]:
 
 @router.post("/kb/{name}/files", status_code=202, openapi_extra=_UPLOAD_BODY, response_model=None,
              summary="Upload files (multipart field 'files', many at once); indexing runs as a background job")
-async def upload_files(name: str, request: Request, wait: bool = _WAIT) -> JSONResponse:
+async def upload_files(name: str, request: Request, wait: bool = _WAIT,
+                       replace: bool = _REPLACE) -> JSONResponse:
     services = _services(request)
     kb = await run_in_threadpool(services.kbs.get, name)  # 404 before reading a possibly large body
     uploads = await receive_uploads(request, services.settings.tmp_dir)
-    paths, names = [u.path for u in uploads], [u.name for u in uploads]
 
-    def work(progress: Callable[[float, str], None]) -> list[dict[str, Any]]:
-        try:
-            return _results(kb.ingest(paths, names, progress))
+    def submit() -> dict[str, Any]:
+        try:  # the bytes go into the database with the job, so the job survives a restart
+            return kb.submit_ingest([u.path for u in uploads], [u.name for u in uploads], replace=replace)
         finally:
-            for p in paths:
-                p.unlink(missing_ok=True)
+            for u in uploads:
+                u.path.unlink(missing_ok=True)
 
-    return await _job_response(services.jobs.start("ingest", kb.name, work), wait)
+    return await _job_response(services, await run_in_threadpool(submit), wait)
 
 
 @router.delete("/kb/{name}/files/{file}", summary="Remove a file (by name or file id) and its chunks")
@@ -115,12 +119,15 @@ def delete_file(name: str, file: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/kb/{name}/rebuild", status_code=202, response_model=None,
-             summary="Re-index every stored file (background job)")
-async def rebuild_kb(name: str, request: Request, wait: bool = _WAIT) -> JSONResponse:
+             summary="Re-index every stored file into a new index beside the live one (background job)")
+async def rebuild_kb(name: str, request: Request, wait: bool = _WAIT,
+                     chunk_size: int | None = Query(None, ge=50, le=4000, description="New chunk size, recorded "
+                                                    "with the KB when the rebuild completes"),
+                     chunk_overlap: int | None = Query(None, ge=0, le=1000)) -> JSONResponse:
     services = _services(request)
-    kb = await run_in_threadpool(services.kbs.get, name)
-    job = services.jobs.start("rebuild", kb.name, lambda progress: _results(kb.rebuild(progress)))
-    return await _job_response(job, wait)
+    kb: KnowledgeBase = await run_in_threadpool(services.kbs.get, name)
+    job = await run_in_threadpool(lambda: kb.submit_rebuild(chunk_size=chunk_size, chunk_overlap=chunk_overlap))
+    return await _job_response(services, job, wait)
 
 
 @router.post("/kb/{name}/search", summary="Retrieve chunks (score in [0, 1], higher is more similar)")
@@ -131,9 +138,22 @@ def search_kb(name: str, body: SearchRequest, request: Request) -> dict[str, Any
 
 
 # --- jobs ------------------------------------------------------------------------------------
-@router.get("/jobs/{job_id}", summary="Progress and results of an ingest/rebuild job")
+@router.get("/jobs", summary="Recent ingest/rebuild jobs, newest first (optionally of one KB)")
+def list_jobs(request: Request, kb: str | None = None,
+              limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+    services = _services(request)
+    kb_id = services.kbs.get(kb).id if kb else None
+    return {"jobs": services.jobs.list(kb_id, limit)}
+
+
+@router.get("/jobs/{job_id}", summary="Progress (files, chunks embedded) and results of an ingest/rebuild job")
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
     job = _services(request).jobs.get(job_id)
     if job is None:
-        raise APIError(404, f"no job '{job_id}' (jobs are kept in memory until the server restarts)", "not_found")
-    return job.to_dict()
+        raise APIError(404, f"no job '{job_id}'", "not_found")
+    return job
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job (files already indexed stay)")
+def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+    return _services(request).jobs.cancel(job_id)

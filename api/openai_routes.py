@@ -193,7 +193,7 @@ async def _chain(first: list[ChatEvent], rest: AsyncIterator[ChatEvent]) -> Asyn
 # --- embeddings ------------------------------------------------------------------------------
 def _embedder_spec(services: Services, model: str | None) -> str:
     if model and model.startswith(KB_PREFIX):
-        return services.kbs.get(model[len(KB_PREFIX):]).manifest["embedding"]["model"]
+        return services.kbs.get(model[len(KB_PREFIX):]).row().embedding_model
     if model in PACKAGED:
         return model
     # OpenAI clients send their own model names (text-embedding-3-small, ...): use the KB default model.

@@ -54,14 +54,20 @@ class EmbeddingRequest(BaseModel):
 
 
 # --- knowledge bases ------------------------------------------------------------------------
-class KBCreate(BaseModel):
+class KBUpdate(BaseModel):
+    """A KB's own search settings; null ones follow the server's."""
+
+    search_mode: SearchMode | None = None
+    hybrid_alpha: float | None = Field(None, ge=0.0, le=1.0)
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1, le=50)
+
+
+class KBCreate(KBUpdate):
     name: str = Field(..., min_length=1, max_length=200)
     embedding_model: str | None = Field(None, max_length=500)
-    search_mode: SearchMode | None = None
-
-
-class KBUpdate(BaseModel):
-    search_mode: SearchMode
+    chunk_size: int | None = Field(None, ge=50, le=4000, description="Recorded with the KB; changed by a rebuild")
+    chunk_overlap: int | None = Field(None, ge=0, le=1000)
 
 
 class SearchRequest(BaseModel):

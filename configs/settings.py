@@ -11,7 +11,6 @@ declaration (kotaemon style), so a setting is declared exactly once.
 from __future__ import annotations
 
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +53,20 @@ class Settings(BaseSettings):
     max_embed_chars: int = Field(8192, ge=100, description="Longest text accepted by /v1/embeddings")
     max_queued_chats: int = Field(
         8, ge=1, description="Chats generating or waiting for the LLM at once; more are answered 429")
-    max_jobs: int = Field(4, ge=1, description="KB jobs (ingest, rebuild) running at once; more are answered 429")
+    max_jobs: int = Field(
+        2, ge=1, description="KB jobs (ingest, rebuild) this process runs at once; more wait in the queue")
+    job_stale_seconds: float = Field(
+        20.0, ge=1.0, description="A running KB job not heard from for this long (its process died) is resumed")
+    max_queued_jobs: int = Field(
+        100, ge=1, description="KB jobs queued or running in the deployment; more are answered 429")
+
+    # --- storage ------------------------------------------------------------------------
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the database (postgresql+psycopg://...); "
+        "default: SQLite (WAL) at <data_dir>/.system/kbchat.db")
+    vector_store: str = Field(
+        "local", description="'local' (FAISS + BM25 under the data dir) or a Milvus URI (http://host:19530)")
+    milvus_token: str | None = Field(None, description="Milvus 'user:password' or API token, when it needs one")
 
     # --- knowledge base -----------------------------------------------------------------
     embedding_model: str = Field(
@@ -72,8 +84,6 @@ class Settings(BaseSettings):
     file_timeout_s: int = Field(600, ge=5, description="Per-file loading time limit")
     max_pages: int = Field(2000, ge=1, description="Pages read per document at most")
     ocr: bool = Field(True, description="OCR scanned PDF pages and images (RapidOCR, offline)")
-    checkpoint_seconds: float = Field(
-        30.0, ge=0.0, description="Long ingests commit this often, so a crash loses little")
 
     # --- retrieval ----------------------------------------------------------------------
     top_k: int = Field(
@@ -123,7 +133,7 @@ class Settings(BaseSettings):
         return Path(v).expanduser().resolve()
 
     # --- derived paths: everything the app writes is under data_dir ------------------------
-    @cached_property
+    @property
     def system_dir(self) -> Path:
         return self.data_dir / ".system"
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m kb {list,create,delete,ingest,files,rm,rebuild,search,eval,chat}``.
+"""Command line: ``python -m kb {list,create,delete,ingest,files,rm,rebuild,search,jobs,cancel,export,import,
+eval,chat}``.
 
 Every subcommand takes ``--data-dir``. Errors are one line on stderr and exit code 1 or 2,
 never a traceback.
@@ -30,18 +31,34 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("create", parents=[common], help="create a knowledge base")
     p.add_argument("name")
     p.add_argument("--mode", choices=["dense", "keyword", "hybrid"])
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--chunk-overlap", type=int)
     p = sub.add_parser("delete", parents=[common], help="delete a knowledge base and its files")
     p.add_argument("name")
     p = sub.add_parser("ingest", parents=[common], help="add files or folders (creates the KB if needed)")
     p.add_argument("--kb", required=True)
     p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--replace", action="store_true",
+                   help="a file whose name is already in the KB replaces it (default: keep both, number the new one)")
     p = sub.add_parser("files", parents=[common], help="list a KB's files")
     p.add_argument("--kb", required=True)
     p = sub.add_parser("rm", parents=[common], help="delete a file (name or sha256) from a KB")
     p.add_argument("--kb", required=True)
     p.add_argument("file")
-    p = sub.add_parser("rebuild", parents=[common], help="re-index every file of a KB")
+    p = sub.add_parser("rebuild", parents=[common], help="re-index every file of a KB (beside the live index)")
     p.add_argument("--kb", required=True)
+    p.add_argument("--chunk-size", type=int, help="new chunk size (recorded with the KB)")
+    p.add_argument("--chunk-overlap", type=int)
+    p = sub.add_parser("jobs", parents=[common], help="recent ingest/rebuild jobs")
+    p.add_argument("--kb")
+    p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    p.add_argument("job")
+    p = sub.add_parser("export", parents=[common], help="write a KB (files, chunks, vectors) to a zip file")
+    p.add_argument("name")
+    p.add_argument("file", type=Path)
+    p = sub.add_parser("import", parents=[common], help="load an exported KB here, without re-embedding")
+    p.add_argument("file", type=Path)
+    p.add_argument("--name", help="name for the imported KB (default: its exported name)")
     p = sub.add_parser("search", parents=[common], help="search a KB")
     p.add_argument("--kb", required=True)
     p.add_argument("query")
@@ -67,23 +84,29 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _expand(paths: list[Path]) -> list[Path]:
+def _expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Files to ingest and their identities: a folder's files by their path inside it (``a/README.md``
+    and ``b/README.md`` stay two files), a single file by its name."""
     out: list[Path] = []
+    names: list[str] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            out.extend(found)
+            names.extend(f.relative_to(p).as_posix() for f in found)
         elif p.is_file():
             out.append(p)
+            names.append(p.name)
         else:
             raise KBError(f"no such file or folder: {p}")
-    return out
+    return out, names
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     extra = {}
-    if getattr(args, "chunk_size", None):
+    if args.cmd == "eval" and args.chunk_size:
         extra["chunk_size"] = args.chunk_size
-    if getattr(args, "chunk_overlap", None) is not None:
+    if args.cmd == "eval" and args.chunk_overlap is not None:
         extra["chunk_overlap"] = args.chunk_overlap
     if getattr(args, "alpha", None) is not None:
         extra["hybrid_alpha"] = args.alpha
@@ -106,15 +129,15 @@ def run(args: argparse.Namespace) -> int:
         for info in manager.list():
             print(json.dumps(info, ensure_ascii=False))
     elif args.cmd == "create":
-        manager.create(args.name, search_mode=args.mode)
+        manager.create(args.name, search_mode=args.mode, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
         print(f"created knowledge base '{args.name}'")
     elif args.cmd == "delete":
         manager.delete(args.name)
         print(f"deleted knowledge base '{args.name}'")
     elif args.cmd == "ingest":
-        paths = _expand(args.paths)  # before creating anything: a typo must not leave an empty KB
+        paths, names = _expand(args.paths)  # before creating anything: a typo must not leave an empty KB
         kb = manager.create(args.kb, exist_ok=True)
-        results = kb.ingest(paths, progress=lambda f, m: print(f"[{f:5.0%}] {m}", file=sys.stderr))
+        results = kb.ingest(paths, names, progress=_progress, replace=args.replace)
         for r in results:
             print(r.message())
         counts = {s: sum(r.status == s for r in results) for s in ("indexed", "replaced", "duplicate", "failed")}
@@ -128,9 +151,24 @@ def run(args: argparse.Namespace) -> int:
         removed = manager.get(args.kb).delete_file(args.file)["removed"]
         print(f"removed {', '.join(r['name'] for r in removed)}")
     elif args.cmd == "rebuild":
-        results = manager.get(args.kb).rebuild(progress=lambda f, m: print(f"[{f:5.0%}] {m}", file=sys.stderr))
+        results = manager.get(args.kb).rebuild(progress=_progress, chunk_size=args.chunk_size,
+                                               chunk_overlap=args.chunk_overlap)
         for r in results:
             print(r.message())
+    elif args.cmd == "jobs":
+        for j in manager.jobs.list(manager.get(args.kb).id if args.kb else None):
+            print(f"{j['id']}  {j['status']:9} {j['kind']:7} {j['kb']}  {j['progress']:5.0%}  "
+                  f"{j['chunks_embedded']} chunks embedded  {j['error'] or j['message']}")
+    elif args.cmd == "cancel":
+        job = manager.jobs.cancel(args.job)
+        print(f"job {job['id']}: {'cancel requested' if job['status'] == 'running' else job['status']}")
+    elif args.cmd == "export":
+        out = manager.export_kb(args.name, args.file)
+        print(f"exported '{out['name']}': {out['files']} files, {out['chunks']} chunks -> {out['path']}")
+    elif args.cmd == "import":
+        kb = manager.import_kb(args.file, args.name)
+        info = kb.info()
+        print(f"imported '{kb.name}': {info['files']} files, {info['chunks']} chunks")
     elif args.cmd == "search":
         hits = manager.get(args.kb).search(args.query, top_k=args.top_k, threshold=args.threshold, mode=args.mode)
         if args.json:
@@ -143,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.cmd == "chat":
         return _chat(args, settings, manager)
     return 0
+
+
+def _progress(frac: float, message: str) -> None:
+    print(f"[{frac:5.0%}] {message}", file=sys.stderr)
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,7 @@ chunk), and nDCG@10, Recall@10 and MRR@10 are computed against the qrels.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -82,7 +83,10 @@ def evaluate(dataset_dir: Path, settings: Settings, split: str = "test", top_k: 
     qids = sorted(ds.queries)[:limit_queries] if limit_queries else sorted(ds.queries)
     settings.prepare_dirs()
     work = Path(tempfile.mkdtemp(prefix="eval-", dir=settings.tmp_dir))
-    eval_settings = settings.model_copy(update={"data_dir": work / "kbs"})
+    # Its own SQLite database always (a team database gets no scratch KB); the index backend is the configured
+    # one, so ``KBCHAT_VECTOR_STORE=http://...`` measures Milvus.
+    eval_settings = settings.model_copy(update={"data_dir": work / "kbs", "database_url": None})
+    manager: KnowledgeBaseManager | None = None
     try:
         src = work / "corpus"
         src.mkdir()
@@ -93,7 +97,7 @@ def evaluate(dataset_dir: Path, settings: Settings, split: str = "test", top_k: 
             paths.append(p)
             names.append(f"{doc_id}.md")
         manager = KnowledgeBaseManager(eval_settings)
-        kb = manager.create("eval")
+        kb = manager.create("eval", search_mode=settings.search_mode)
 
         def show(frac: float, msg: str) -> None:
             if progress and (int(frac * 1000) % 50 == 0 or frac >= 1):
@@ -111,7 +115,7 @@ def evaluate(dataset_dir: Path, settings: Settings, split: str = "test", top_k: 
             # "hybrid:0.4" scores hybrid with alpha 0.4, so one index serves an alpha sweep.
             mode, _, alpha = mode_spec.partition(":")
             if alpha:
-                eval_settings.hybrid_alpha = float(alpha)
+                kb.update(hybrid_alpha=float(alpha))
             ndcg, recall, mrr, lat = [], [], [], []
             for qid in qids:
                 t = time.perf_counter()
@@ -141,4 +145,8 @@ def evaluate(dataset_dir: Path, settings: Settings, split: str = "test", top_k: 
             }
         return out
     finally:
+        if manager is not None:
+            with contextlib.suppress(Exception):
+                manager.delete("eval")  # drops its index from a shared engine too
+            manager.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,44 +1,54 @@
-"""The one place that changes knowledge bases: create, ingest, delete, rebuild, search.
+"""The one place that changes knowledge bases: create, ingest, delete, rebuild, search, export, import.
 
 The web UI, the HTTP API and the CLI all call this module, so each behaviour lives once.
-A KB is a folder ``<data_dir>/<name>/`` holding ``manifest.json``, the generation files of
-``kb.store`` and ``files/`` (a copy of every indexed source, named by its sha256, so a rebuild
-needs nothing from outside the KB).
+
+Storage: the database (``kb.db``) holds KBs with their settings, file bytes, files, chunks and jobs; an
+index backend (``kb.index``) holds vectors and keyword terms by chunk id. A change is one DB transaction
+followed by an idempotent index operation; ``reconcile`` (run at start-up and before a job resumes)
+re-adds chunks the index lacks and drops index entries with no chunk row, so a crash between the two heals.
+Ingest and rebuild run as durable jobs (``kb.jobs``): one at a time per KB, any number of KBs at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
 import re
-import shutil
+import tempfile
 import threading
 import time
 import unicodedata
+import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from sqlalchemy import delete, func, select
+
 from configs.settings import Settings
+from kb.db import BlobRow, ChunkRow, Database, DroppedIndex, FileRow, KBRow, default_url
 from kb.embeddings import Embedder, create_embedder
-from kb.retrieval import SearchParams
-from kb.retrieval import search as run_search
+from kb.index import CANDIDATES, MODES, IndexBackend, create_index
+from kb.jobs import JobContext, JobQueue
+from kb.retrieval import SearchParams, fuse
 from kb.splitter import chunk_documents, embedding_text
-from kb.store import FORMAT_VERSION, MANIFEST, IndexState, KBLock, atomic_write, read_manifest, write_manifest
 from kb.types import Chunk, FileResult, Hit, KBConflict, KBError, KBNotFound, LoadedFile, LoadError
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 
-MODES = ("dense", "keyword", "hybrid")
 _NAME_RE = re.compile(r"^[^\W_][\w\-. ]{0,63}$")
 # Every format is parsed in a child process with time and memory limits, so a hostile file cannot stall or
 # crash the server. Text formats use pooled long-lived children (cheap per file); PDF, Office and images get a
 # fresh child each (native parsers, OCR).
 _TEXT_FORMATS = {".txt", ".md", ".markdown", ".csv", ".tsv", ".json", ".html", ".htm", ".xml"}
 _EMBED_BATCH_CHUNKS = 256  # chunks gathered across small files before one embedding call
+EXPORT_FORMAT = 1
 
 
 def validate_kb_name(name: str) -> str:
@@ -51,14 +61,20 @@ def validate_kb_name(name: str) -> str:
     return name
 
 
+def _clean_part(part: str) -> str:
+    part = "".join(ch for ch in part if unicodedata.category(ch)[0] != "C").strip().lstrip(".")
+    if len(part) > 200:
+        stem, dot, ext = part.rpartition(".")
+        part = (stem[: 200 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else part[:200]
+    return part
+
+
 def safe_file_name(name: str) -> str:
-    """A display label from an untrusted upload name: no directories, no control characters."""
-    base = re.split(r"[\\/]", unicodedata.normalize("NFC", name or ""))[-1]
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip().lstrip(".")
-    if len(base) > 200:
-        stem, dot, ext = base.rpartition(".")
-        base = (stem[: 200 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else base[:200]
-    return base or "unnamed"
+    """A file's identity in its KB from an untrusted name: the relative path as ingested (``a/README.md``),
+    without '..', absolute roots or control characters. It is a label only: file bytes live in the database."""
+    parts = [_clean_part(p) for p in re.split(r"[\\/]", unicodedata.normalize("NFC", name or ""))]
+    parts = [p for p in parts if p and p not in {".", ".."}][-8:]
+    return "/".join(parts)[-1000:] or "unnamed"
 
 
 def _ext(name: str) -> str:
@@ -66,311 +82,579 @@ def _ext(name: str) -> str:
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _numbered(name: str, n: int) -> str:
+    """``report.pdf`` -> ``report (2).pdf``: a second file of the same name, kept beside the first."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or "/" in ext or not stem:
+        return f"{name} ({n})"
+    return f"{stem} ({n}).{ext}"
+
+
+def _title(file: FileRow) -> str:
+    return file.title or Path(file.name).stem
+
+
+def embed_texts(chunks: Sequence[Chunk], title: str | None, title_prefix: bool) -> list[str]:
+    """What is embedded and keyword-indexed for each chunk (at ingest, rebuild and reconcile alike)."""
+    return [embedding_text(c, title) if title_prefix else c.text for c in chunks]
 
 
 @dataclass
-class _Pending:
+class _Loaded:
     """A loaded, chunked file waiting for its embeddings."""
 
-    path: Path
+    index: int  # position in the job's file list
     name: str
-    file_id: str
+    sha256: str
     size: int
     loaded: LoadedFile
     chunks: list[Chunk]
-    replaces: list[str]
+    texts: list[str]
     started: float
-    result_index: int
-    texts: list[str] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+
+
+@dataclass
+class KBSettings:
+    """The settings a KB is built with (recorded with it, so a rebuild is reproducible)."""
+
+    embedding_model: str
+    dim: int
+    chunk_size: int
+    chunk_overlap: int
+    title_prefix: bool
+
+    @classmethod
+    def of(cls, row: KBRow) -> KBSettings:
+        return cls(row.embedding_model, row.dim, row.chunk_size, row.chunk_overlap, row.title_prefix)
 
 
 class KnowledgeBase:
-    def __init__(self, manager: KnowledgeBaseManager, path: Path):
+    """A handle on one KB (by name); every read goes to the database, so it never goes stale."""
+
+    def __init__(self, manager: KnowledgeBaseManager, row: KBRow):
         self.manager = manager
         self.settings = manager.settings
-        self.path = path
-        self.name = path.name
-        self.lock = KBLock(path)
-        self._state: IndexState | None = None
-        self._state_key: tuple[int, int] | None = None
-        self._state_guard = threading.Lock()
+        self.db = manager.db
+        self.id = row.id
+        self.name = row.name
 
     # --- reading --------------------------------------------------------------------------
-    def _manifest_key(self) -> tuple[int, int]:
-        st = (self.path / MANIFEST).stat()
-        return st.st_mtime_ns, st.st_size
-
-    def state(self) -> IndexState:
-        """The committed state, reloaded when another writer (thread or process) committed."""
-        with self._state_guard:
-            try:
-                key = self._manifest_key()
-            except FileNotFoundError:
-                raise KBNotFound(f"knowledge base '{self.name}' does not exist") from None
-            if self._state is None or key != self._state_key:
-                self._state = IndexState.load(self.path)
-                self._state_key = key
-            return self._state
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self.state().manifest
+    def row(self) -> KBRow:
+        with self.db.read() as s:
+            row = s.get(KBRow, self.id)
+            if row is None:
+                raise KBNotFound(f"knowledge base '{self.name}' does not exist")
+            return row
 
     @property
     def embedder(self) -> Embedder:
-        return self.manager.embedder(self.manifest["embedding"]["model"])
+        return self.manager.embedder(self.row().embedding_model)
 
     @property
     def search_mode(self) -> str:
-        return self.manifest.get("search_mode") or self.settings.search_mode
+        return self.row().search_mode or self.settings.search_mode
 
     def info(self) -> dict[str, Any]:
-        st = self.state()
-        files = st.manifest["files"].values()
+        row = self.row()
+        with self.db.read() as s:
+            counts = dict(s.execute(select(FileRow.status, func.count()).where(FileRow.kb_id == self.id)
+                                    .group_by(FileRow.status)).tuples().all())
+            chunks = s.scalar(select(func.count()).select_from(ChunkRow).where(
+                ChunkRow.kb_id == self.id, ChunkRow.generation == row.generation)) or 0
         return {
-            "name": self.name,
-            "files": sum(1 for f in files if f["status"] == "indexed"),
-            "failed": sum(1 for f in files if f["status"] == "failed"),
-            "chunks": len(st.chunks),
-            "embedding_model": st.manifest["embedding"]["model"],
-            "search_mode": self.search_mode,
-            "updated_at": st.manifest.get("updated_at"),
+            "name": self.name, "files": counts.get("indexed", 0), "failed": counts.get("failed", 0),
+            "chunks": chunks, "embedding_model": row.embedding_model,
+            "search_mode": row.search_mode or self.settings.search_mode,
+            "chunk_size": row.chunk_size, "chunk_overlap": row.chunk_overlap,
+            "hybrid_alpha": _pick(row.hybrid_alpha, self.settings.hybrid_alpha),
+            "score_threshold": _pick(row.score_threshold, self.settings.score_threshold),
+            "top_k": _pick(row.top_k, self.settings.top_k),
+            "rebuilding": row.building is not None, "updated_at": row.updated_at,
         }
 
     def files(self) -> list[dict[str, Any]]:
-        recs = self.manifest["files"].values()
-        return sorted((dict(r) for r in recs), key=lambda r: r.get("added_at", 0))
+        with self.db.read() as s:
+            rows = s.scalars(select(FileRow).where(FileRow.kb_id == self.id).order_by(FileRow.added_at, FileRow.id))
+            return [r.to_dict() for r in rows]
 
-    def search(self, query: str, top_k: int | None = None, threshold: float | None = None,
-               mode: str | None = None) -> list[Hit]:
-        mode = mode or self.search_mode
-        if mode not in MODES:
-            raise KBError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
+    def params(self, top_k: int | None = None, threshold: float | None = None, mode: str | None = None,
+               alpha: float | None = None, row: KBRow | None = None) -> SearchParams:
+        """Search parameters: the request's, else the KB's own settings, else the app's."""
+        row = row or self.row()
         s = self.settings
         params = SearchParams(
-            top_k=top_k if top_k is not None else s.top_k,
-            threshold=threshold if threshold is not None else s.score_threshold,
-            mode=mode, alpha=s.hybrid_alpha,
+            top_k=_pick(top_k, _pick(row.top_k, s.top_k)),
+            threshold=_pick(threshold, _pick(row.score_threshold, s.score_threshold)),
+            mode=mode or row.search_mode or s.search_mode,
+            alpha=_pick(alpha, _pick(row.hybrid_alpha, s.hybrid_alpha)),
         )
+        if params.mode not in MODES:
+            raise KBError(f"unknown search mode '{params.mode}': use one of {', '.join(MODES)}")
         if not 0.0 <= params.threshold <= 1.0:
             raise KBError("threshold must be between 0 and 1")
         if params.top_k < 1:
             raise KBError("top_k must be at least 1")
-        return run_search(self.state(), self.embedder, query, params, self.manager.reranker())
+        return params
 
-    # --- writing --------------------------------------------------------------------------
+    def search(self, query: str, top_k: int | None = None, threshold: float | None = None,
+               mode: str | None = None, alpha: float | None = None) -> list[Hit]:
+        """Hits with scores in [0, 1]; unset parameters come from the KB's own settings, then the app's."""
+        query = query.strip()
+        for attempt in range(3):
+            row = self.row()
+            params = self.params(top_k, threshold, mode, alpha, row)
+            if not query:
+                return []
+            try:
+                hits = self._search(row, query, params)
+            except Exception:
+                if attempt < 2 and self.row().generation != row.generation:
+                    continue  # a rebuild switched generations (and dropped the old index) under this search
+                raise
+            if self.row().generation == row.generation:
+                break
+        return hits
+
+    def _search(self, row: KBRow, query: str, params: SearchParams) -> list[Hit]:
+        want = params.top_k
+        qvec = self.manager.embedder(row.embedding_model).encode_query(query) if params.mode != "keyword" else None
+        candidates = self.manager.index.search(row.index_name(), qvec, query, max(CANDIDATES, want), params.mode)
+        ranked = fuse(candidates, params.mode, params.alpha)
+        hits = self._hits(row, ranked)
+        rerank = self.manager.reranker()
+        if rerank is not None and hits:
+            hits = rerank(query, hits[: max(want * 4, 20)])
+        return [h for h in hits if h.score >= params.threshold][:want]
+
+    def _hits(self, row: KBRow, ranked: list[tuple[int, float, float | None, float | None]]) -> list[Hit]:
+        ids = [cid for cid, *_ in ranked]
+        with self.db.read() as s:
+            found = {c.id: (c, f) for c, f in s.execute(
+                select(ChunkRow, FileRow).join(FileRow, ChunkRow.file_id == FileRow.id)
+                .where(ChunkRow.id.in_(ids), ChunkRow.generation == row.generation)).tuples()}
+        hits = []
+        for cid, score, dense, keyword in ranked:
+            if cid not in found:  # an index entry whose row a concurrent delete removed; reconcile drops it
+                continue
+            c, f = found[cid]
+            hits.append(Hit(
+                text=c.text, score=round(score, 4), file=f.name, file_id=f.sha256 or "", page=c.page,
+                heading=c.heading, chunk_id=cid,
+                dense_score=None if dense is None else round(dense, 4),
+                keyword_score=None if keyword is None else round(keyword, 4),
+            ))
+        return hits
+
+    # --- settings ---------------------------------------------------------------------------
+    def update(self, **values: Any) -> dict[str, Any]:
+        """Change the KB's own search settings: search_mode, hybrid_alpha, score_threshold, top_k (``None`` =
+        follow the app). Chunking changes only with a rebuild, so every chunk of a KB is cut the same way."""
+        allowed = {"search_mode", "hybrid_alpha", "score_threshold", "top_k"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise KBError(f"unknown knowledge-base setting(s): {', '.join(sorted(unknown))}")
+        _check_kb_settings(self.settings, values)
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, self.id)
+            for k, v in values.items():
+                setattr(row, k, v)
+            row.updated_at = time.time()
+        return self.info()
+
     def set_search_mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise KBError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
-        with self.lock.hold():
-            manifest = read_manifest(self.path) | {"search_mode": mode}
-            write_manifest(self.path, manifest)
+        self.update(search_mode=mode)
 
-    def ingest(self, paths: Sequence[Path | str], names: Sequence[str] | None = None,
-               progress: Progress | None = None) -> list[FileResult]:
-        """Index files; ``names`` are the users' file names when ``paths`` are temp uploads."""
+    # --- writing: jobs ----------------------------------------------------------------------
+    def submit_ingest(self, paths: Sequence[Path | str], names: Sequence[str] | None = None,
+                      replace: bool = False, reserve: bool = False) -> dict[str, Any]:
+        """Store the files' bytes in the database and queue an ingest job; returns the job at once.
+        ``names`` are the files' identities (upload names, or paths relative to an ingested folder)."""
         paths = [Path(p) for p in paths]
         names = list(names) if names is not None else [p.name for p in paths]
         if len(names) != len(paths):
             raise KBError("names and paths differ in length")
-        with self.lock.hold():
-            state = IndexState.load(self.path)  # private copy: readers keep searching the old one
-            return self._ingest_into(state, paths, [safe_file_name(n) for n in names], progress, replace=True)
-
-    def _ingest_into(self, state: IndexState, paths: list[Path], names: list[str],
-                     progress: Progress | None, replace: bool, checkpoint: bool = True) -> list[FileResult]:
-        """Add files to ``state``. With ``checkpoint``, commit every ``checkpoint_seconds`` (an ingest adds to
-        a complete KB, so each checkpoint is complete too); otherwise commit once, at the end."""
-        results: list[FileResult] = []
-        pending: list[_Pending] = []
-        files = state.manifest["files"] = dict(state.manifest["files"])
-        last_commit = time.monotonic()
-        dirty = False
-        total = len(paths)
-        for i, (path, name) in enumerate(zip(paths, names, strict=True)):
-            if progress:
-                progress(i / max(total, 1), f"{i + 1}/{total} {name}")
-            started = time.monotonic()
-            results.append(FileResult(name=name, status="failed"))
+        items: list[dict[str, Any]] = []
+        for path, name in zip(paths, names, strict=True):
+            item: dict[str, Any] = {"name": safe_file_name(name)}
             try:
                 size = path.stat().st_size
                 if size > self.settings.max_file_mb * 1024 * 1024:
                     raise LoadError(f"too large: {size / 2**20:.1f} MB > limit {self.settings.max_file_mb} MB")
-                file_id = sha256_file(path)
-                results[-1].file_id = file_id
-                known = files.get(file_id)
-                if (known and known["status"] == "indexed") or any(p.file_id == file_id for p in pending):
-                    results[-1] = FileResult(name=name, status="duplicate", file_id=file_id,
-                                             chunks=(known or {}).get("chunks", 0))
-                    continue
-                loaded = self._load(path, name)
-                chunks = chunk_documents(
-                    loaded.docs, file_id=file_id, size=self.settings.chunk_size,
-                    overlap=self.settings.chunk_overlap, max_tokens=self.embedder.max_tokens,
-                    count_tokens=self.embedder.count_tokens, first_id=int(state.manifest["next_id"]),
-                )
-                if not chunks:
-                    raise LoadError("empty: no text found")
-                state.manifest["next_id"] = chunks[-1].id + 1
-                replaces = [fid for fid, r in files.items()
-                            if replace and r["name"] == name and r["status"] == "indexed" and fid != file_id]
-                title = loaded.title or Path(name).stem
-                texts = [embedding_text(c, title) if self.settings.title_prefix else c.text for c in chunks]
-                pending.append(_Pending(path, name, file_id, size, loaded, chunks, replaces, started, i, texts))
+                item |= {"sha256": self.manager.store_blob(path.read_bytes()), "size": size}
             except LoadError as e:
-                self._record_failure(files, results[-1], path, name, e.reason, started)
-                dirty = True
-            except KBError as e:
-                self._record_failure(files, results[-1], path, name, str(e), started)
-                dirty = True
-            except Exception as e:  # a bug or a library failure must not take the batch down
-                log.exception("ingest of %s failed", name)
-                reason = f"internal error: {type(e).__name__}: {e}"
-                self._record_failure(files, results[-1], path, name, reason, started)
-                dirty = True
-            if sum(len(p.chunks) for p in pending) >= _EMBED_BATCH_CHUNKS:
-                self._flush(state, pending, results)
-                dirty = True
-            if checkpoint and dirty and time.monotonic() - last_commit > self.settings.checkpoint_seconds:
-                self._flush(state, pending, results)
-                self._commit(state)
-                last_commit, dirty = time.monotonic(), False
-        self._flush(state, pending, results)
-        self._commit(state)
-        if progress:
-            progress(1.0, "done")
-        return results
+                item["error"] = e.reason
+            except OSError as e:
+                item["error"] = f"unreadable: {e.strerror or e}"
+            items.append(item)
+        return self.manager.jobs.submit("ingest", self.row(), {"files": items, "replace": bool(replace)}, reserve)
 
-    def _record_failure(self, files: dict[str, Any], result: FileResult, path: Path, name: str,
-                        reason: str, started: float) -> None:
-        result.status, result.error = "failed", reason
-        result.seconds = time.monotonic() - started
-        fid = result.file_id or f"failed:{name}"
-        if files.get(fid, {}).get("status") == "indexed":
-            return  # never let a failed re-read hide chunks that are already indexed
-        files[fid] = {"file_id": fid, "name": name, "size": _size(path), "chunks": 0, "status": "failed",
-                      "error": reason, "pages": None, "ocr_pages": [], "added_at": time.time()}
+    def ingest(self, paths: Sequence[Path | str], names: Sequence[str] | None = None,
+               progress: Progress | None = None, replace: bool = False) -> list[FileResult]:
+        """Index files and wait for the result (the job runs in this thread unless another process has it)."""
+        job = self.submit_ingest(paths, names, replace, reserve=True)
+        return self._wait(job["id"], progress)
 
-    def _flush(self, state: IndexState, pending: list[_Pending], results: list[FileResult]) -> None:
-        """Embed pending chunks in one batch and add them (with their files) to ``state``."""
-        if not pending:
-            return
-        import numpy as np
+    def submit_rebuild(self, embedding_model: str | None = None, chunk_size: int | None = None,
+                       chunk_overlap: int | None = None, reserve: bool = False) -> dict[str, Any]:
+        row = self.row()
+        model = embedding_model or row.embedding_model
+        target = {"embedding_model": model, "dim": self.manager.embedder(model).dim,
+                  "chunk_size": _pick(chunk_size, row.chunk_size),
+                  "chunk_overlap": _pick(chunk_overlap, row.chunk_overlap), "title_prefix": row.title_prefix}
+        _check_kb_settings(self.settings, target)
+        return self.manager.jobs.submit("rebuild", row, {"target": target}, reserve)
 
-        texts = [t for p in pending for t in p.texts]
-        vectors = self.embedder.encode_documents(texts)
-        files = state.manifest["files"]
-        stored = self.path / "files"
-        stored.mkdir(exist_ok=True)
-        offset = 0
-        for p in pending:
-            n = len(p.chunks)
-            ids = np.array([c.id for c in p.chunks], dtype=np.int64)
-            state.vectors.add(ids, vectors[offset:offset + n])
-            state.bm25.add(ids.tolist(), p.texts)
-            offset += n
-            for c in p.chunks:
-                state.chunks[c.id] = c
-            dest = stored / f"{p.file_id}{_ext(p.name)}"
-            if not dest.exists():
-                atomic_write(dest, p.path.read_bytes())
-            for old in p.replaces:
-                self._remove_file(state, old)
-            files.pop(f"failed:{p.name}", None)
-            files[p.file_id] = {
-                "file_id": p.file_id, "name": p.name, "size": p.size, "chunks": n, "status": "indexed",
-                "error": None, "pages": p.loaded.pages, "ocr_pages": p.loaded.ocr_pages,
-                "title": p.loaded.title, "warnings": p.loaded.warnings, "stored": dest.name, "added_at": time.time(),
-            }
-            results[p.result_index] = FileResult(
-                name=p.name, status="replaced" if p.replaces else "indexed", chunks=n, file_id=p.file_id,
-                pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages, seconds=time.monotonic() - p.started,
-            )
-        pending.clear()
+    def rebuild(self, progress: Progress | None = None, embedding_model: str | None = None,
+                chunk_size: int | None = None, chunk_overlap: int | None = None) -> list[FileResult]:
+        """Re-index every stored file into a new index beside the live one; switch when complete."""
+        job = self.submit_rebuild(embedding_model, chunk_size, chunk_overlap, reserve=True)
+        return self._wait(job["id"], progress)
 
-    def _remove_file(self, state: IndexState, file_id: str) -> None:
-        import numpy as np
+    def _wait(self, job_id: str, progress: Progress | None) -> list[FileResult]:
+        job = self.manager.jobs.wait(job_id, progress)
+        if job["status"] == "failed":
+            raise KBError(job["error"] or "the job failed")
+        if job["status"] == "cancelled":
+            raise KBError("the job was cancelled")
+        return [FileResult.from_dict(r) for r in job["result"] or []]
 
-        ids = [cid for cid, c in state.chunks.items() if c.file_id == file_id]
-        state.vectors.delete(np.array(ids, dtype=np.int64))
-        state.bm25.delete(ids)
-        for cid in ids:
-            del state.chunks[cid]
-        rec = state.manifest["files"].pop(file_id, None)
-        if rec and rec.get("stored"):
-            # Deleted after the commit that drops the record; see delete_file / _sweep_sources.
-            state.manifest.setdefault("orphans", []).append(rec["stored"])
-
-    def _sweep_sources(self, state: IndexState) -> None:
-        orphans = state.manifest.pop("orphans", [])
-        keep = {r.get("stored") for r in state.manifest["files"].values()}
-        for name in orphans:
-            if name not in keep:
-                (self.path / "files" / name).unlink(missing_ok=True)
-
-    def _commit(self, state: IndexState) -> None:
-        state.commit(self.path)
-        self._sweep_sources(state)
-
+    # --- writing: deletes -----------------------------------------------------------------------
     def delete_file(self, file: str) -> dict[str, Any]:
-        """Remove a file (by file id or display name) and all its chunks."""
-        with self.lock.hold():
-            state = IndexState.load(self.path)
-            files = state.manifest["files"] = dict(state.manifest["files"])
-            matches = [fid for fid, r in files.items() if fid == file or r["name"] == file]
+        """Remove a file (by name, sha256 or row id) and its chunks in every generation."""
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, self.id)
+            q = select(FileRow).where(FileRow.kb_id == self.id)
+            matches = [f for f in s.scalars(q) if file in (f.name, f.sha256, f"failed:{f.name}", str(f.id))]
             if not matches:
                 raise KBNotFound(f"no file '{file}' in knowledge base '{self.name}'")
-            removed = [dict(files[fid]) for fid in matches]
-            for fid in matches:
-                self._remove_file(state, fid)
-            self._commit(state)
-            return {"removed": removed}
+            removed = [f.to_dict() for f in matches]
+            gone = _delete_files(s, [f.id for f in matches])
+            row.updated_at = time.time()
+            indexes = _index_names(row)
+        self.manager.drop_chunks(indexes, gone)
+        self.manager.collect_blobs()
+        return {"removed": removed}
 
-    def rebuild(self, progress: Progress | None = None, embedding_model: str | None = None) -> list[FileResult]:
-        """Re-index every stored source with the current splitting settings (and optionally a new
-        embedding model). Searches keep using the old index until the new one is committed."""
-        with self.lock.hold():
-            old = IndexState.load(self.path)
-            model = embedding_model or old.manifest["embedding"]["model"]
-            emb = self.manager.embedder(model)
-            manifest = dict(old.manifest, files={}, next_id=0, embedding={"model": model, "dim": emb.dim})
-            state = IndexState.empty(manifest)
-            recs = [r for r in old.manifest["files"].values() if r["status"] == "indexed"]
-            paths = [self.path / "files" / r["stored"] for r in recs]
-            # No checkpoints: the new state starts empty, so committing it before every file is re-read
-            # would publish a KB missing the rest to readers (and to a restart after a crash).
-            return self._ingest_into(state, paths, [r["name"] for r in recs], progress, replace=False,
-                                     checkpoint=False)
+    # --- the jobs' work -------------------------------------------------------------------------
+    def run_ingest(self, ctx: JobContext) -> None:
+        files = ctx.payload["files"]
+        replace = bool(ctx.payload.get("replace"))
+        done = {r["index"] for r in ctx.results if "index" in r}
+        row = self.row()
+        cfg = KBSettings.of(row)
+        emb = self.manager.embedder(cfg.embedding_model)
+        batch: list[_Loaded] = []
+        total = len(files)
+        for i, item in enumerate(files):
+            ctx.check()
+            if i in done:
+                continue
+            ctx.progress(i / max(total, 1), f"{i + 1}/{total} {item['name']}")
+            started = time.monotonic()
+            if item.get("error") or not item.get("sha256"):
+                self._record_failure(ctx, i, item, item.get("error") or "no data", started)
+                continue
+            dup = self._duplicate(item["sha256"])
+            if dup is not None:
+                self._record(ctx, FileResult(name=item["name"], status="duplicate", file_id=item["sha256"],
+                                             chunks=dup.chunks, duplicate_of=dup.name), i)
+                continue
+            try:
+                batch.append(self._load_and_chunk(i, item, cfg, emb, started))
+            except LoadError as e:
+                self._record_failure(ctx, i, item, e.reason, started)
+            except Exception as e:  # a bug or a library failure must not take the batch down
+                log.exception("ingest of %s failed", item["name"])
+                self._record_failure(ctx, i, item, f"internal error: {type(e).__name__}: {e}", started)
+            if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH_CHUNKS:
+                self._embed_and_commit(ctx, batch, emb, replace)
+        self._embed_and_commit(ctx, batch, emb, replace)
+        ctx.progress(1.0, "done")
 
-    def _load(self, path: Path, name: str) -> LoadedFile:
+    def _duplicate(self, sha: str) -> FileRow | None:
+        with self.db.read() as s:
+            return s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.sha256 == sha,
+                                                   FileRow.status == "indexed")).first()
+
+    def _load_and_chunk(self, i: int, item: dict[str, Any], cfg: KBSettings, emb: Embedder,
+                        started: float) -> _Loaded:
+        loaded = self._load(self.manager.read_blob(item["sha256"]), item["name"])
+        chunks = chunk_documents(loaded.docs, file_id=item["sha256"], size=cfg.chunk_size,
+                                 overlap=cfg.chunk_overlap, max_tokens=emb.max_tokens, count_tokens=emb.count_tokens)
+        if not chunks:
+            raise LoadError("empty: no text found")
+        texts = embed_texts(chunks, loaded.title or Path(item["name"]).stem, cfg.title_prefix)
+        return _Loaded(i, item["name"], item["sha256"], item["size"], loaded, chunks, texts, started)
+
+    def _embed(self, ctx: JobContext, batch: list[_Loaded], emb: Embedder) -> list[tuple[_Loaded, str]]:
+        """Embed a batch; when the batch fails, embed file by file so one bad file fails alone."""
+        failures: list[tuple[_Loaded, str]] = []
+        try:
+            vectors = emb.encode_documents([t for p in batch for t in p.texts])
+            offset = 0
+            for p in batch:
+                p.vectors = vectors[offset:offset + len(p.texts)]
+                offset += len(p.texts)
+        except Exception:
+            log.warning("embedding a batch of %d files failed; retrying file by file", len(batch), exc_info=True)
+            for p in batch:
+                ctx.check()
+                try:
+                    p.vectors = emb.encode_documents(p.texts)
+                except Exception as e:
+                    failures.append((p, f"embedding failed: {type(e).__name__}: {e}"))
+        ctx.embedded += sum(len(p.texts) for p in batch if p.vectors is not None)
+        return failures
+
+    def _embed_and_commit(self, ctx: JobContext, batch: list[_Loaded], emb: Embedder, replace: bool) -> None:
+        if not batch:
+            return
+        ctx.check()
+        for p, reason in self._embed(ctx, batch, emb):
+            self._record_failure(ctx, p.index, {"name": p.name, "sha256": p.sha256, "size": p.size}, reason, p.started)
+        for p in batch:
+            if p.vectors is not None:
+                self._commit_file(ctx, p, replace)
+        batch.clear()
+
+    def _commit_file(self, ctx: JobContext, p: _Loaded, replace: bool) -> None:
+        """One transaction: the file, its chunks and its result; then the index."""
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, self.id)
+            if row.building is not None:
+                raise KBError("a rebuild of this knowledge base is unfinished; it resumes first")  # jobs serialise
+            name, status, gone = p.name, "indexed", []
+            same = s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.name == name)).first()
+            if same is not None and same.status == "failed":
+                gone = _delete_files(s, [same.id])  # a new try of a failed file takes its place
+            elif same is not None and replace:
+                gone, status = _delete_files(s, [same.id]), "replaced"
+            elif same is not None:
+                taken = set(s.scalars(select(FileRow.name).where(FileRow.kb_id == self.id)))
+                n = 2
+                while _numbered(p.name, n) in taken:
+                    n += 1
+                name = _numbered(p.name, n)
+            s.flush()
+            f = FileRow(kb_id=self.id, name=name, sha256=p.sha256, size=p.size, status="indexed",
+                        chunks=len(p.chunks), pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages,
+                        title=p.loaded.title, warnings=p.loaded.warnings, added_at=time.time())
+            s.add(f)
+            s.flush()
+            rows = [ChunkRow(kb_id=self.id, file_id=f.id, generation=row.generation, ordinal=c.ordinal,
+                             text=c.text, page=c.page, heading=c.heading) for c in p.chunks]
+            s.add_all(rows)
+            s.flush()
+            ids = [r.id for r in rows]
+            row.updated_at = time.time()
+            result = FileResult(name=name, status=status, chunks=len(rows), file_id=p.sha256, pages=p.loaded.pages,
+                                ocr_pages=p.loaded.ocr_pages, seconds=time.monotonic() - p.started,
+                                renamed_from=p.name if name != p.name else None)
+            self._persist_result(s, ctx, result, p.index)
+            index = row.index_name()
+        self.manager.index.add(index, row.dim, ids, p.vectors, p.texts)
+        self.manager.drop_chunks([index], gone)
+
+    def _persist_result(self, s: Any, ctx: JobContext, result: FileResult, index: int) -> None:
+        from kb.db import JobRow
+
+        ctx.results.append(result.to_dict() | {"index": index})
+        job = s.get(JobRow, ctx.job_id)
+        if job is not None:
+            job.result = list(ctx.results)
+            job.heartbeat_at = time.time()
+
+    def _record(self, ctx: JobContext, result: FileResult, index: int) -> None:
+        with self.db.session() as s:
+            self._persist_result(s, ctx, result, index)
+
+    def _record_failure(self, ctx: JobContext, index: int, item: dict[str, Any], reason: str,
+                        started: float) -> None:
+        """Report a failed file; keep a failed row (for a later retry) unless an indexed file has its name."""
+        result = FileResult(name=item["name"], status="failed", error=reason, file_id=item.get("sha256"),
+                            seconds=time.monotonic() - started)
+        with self.db.session() as s:
+            self.db.lock_kb(s, self.id)
+            same = s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.name == item["name"])).first()
+            if same is None:
+                s.add(FileRow(kb_id=self.id, name=item["name"], sha256=item.get("sha256"), size=item.get("size"),
+                              status="failed", error=reason, chunks=0, added_at=time.time()))
+            elif same.status == "failed":
+                same.sha256, same.size, same.error = item.get("sha256"), item.get("size"), reason
+            self._persist_result(s, ctx, result, index)
+
+    def run_rebuild(self, ctx: JobContext) -> None:
+        target = ctx.payload["target"]
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, self.id)
+            if row.building is None:
+                row.building, row.building_settings = row.generation + 1, target
+            gen, cfg = row.building, KBSettings(**(row.building_settings or target))
+            live, shadow = row.generation, row.index_name(row.building)
+        self.manager.reconcile(self, only_generation=gen)  # a resumed rebuild continues from a consistent shadow
+        emb = self.manager.embedder(cfg.embedding_model)
+        with self.db.read() as s:
+            # Indexed files only: a failed one is retried by uploading it again, not by every rebuild.
+            files = list(s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.status == "indexed")
+                                   .order_by(FileRow.id)))
+            done = set(s.scalars(select(ChunkRow.file_id).where(ChunkRow.kb_id == self.id,
+                                                                ChunkRow.generation == gen).distinct()))
+        reported = {r["index"] for r in ctx.results if "index" in r}
+        for i, f in enumerate(files):
+            ctx.check()
+            ctx.progress(i / max(len(files), 1), f"{i + 1}/{len(files)} {f.name}")
+            if f.id in done or i in reported:
+                continue
+            started = time.monotonic()
+            try:
+                p = self._load_and_chunk(i, {"name": f.name, "sha256": f.sha256, "size": f.size}, cfg, emb, started)
+                title, error = p.loaded.title, None
+            except Exception as e:
+                reason = e.reason if isinstance(e, LoadError) else f"internal error: {type(e).__name__}: {e}"
+                # Keep what the file had: its old chunks, re-embedded for the new index.
+                p, title, error = self._old_chunks(f, live, cfg, i, started), f.title, reason
+            p.vectors = emb.encode_documents(p.texts)  # an error here fails the rebuild; the live KB is untouched
+            ctx.embedded += len(p.texts)
+            with self.db.session() as s:
+                self.db.lock_kb(s, self.id)
+                if s.get(FileRow, f.id) is None:  # deleted meanwhile
+                    continue
+                rows = [ChunkRow(kb_id=self.id, file_id=f.id, generation=gen, ordinal=c.ordinal, text=c.text,
+                                 page=c.page, heading=c.heading) for c in p.chunks]
+                s.add_all(rows)
+                s.flush()
+                ids = [r.id for r in rows]
+                status = "failed" if error else "indexed"
+                msg = f"could not be re-read ({error}); kept its {len(rows)} old chunks" if error else None
+                self._persist_result(s, ctx, FileResult(
+                    name=f.name, status=status, chunks=len(rows), file_id=f.sha256, error=msg,
+                    pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages, seconds=time.monotonic() - started,
+                    kept_old=bool(error)), i)
+                s.get(FileRow, f.id).title = title
+            self.manager.index.add(shadow, cfg.dim, ids, p.vectors, p.texts)
+        self._switch(gen, cfg)
+        ctx.progress(1.0, "done")
+
+    def _old_chunks(self, f: FileRow, live: int, cfg: KBSettings, i: int, started: float) -> _Loaded:
+        with self.db.read() as s:
+            rows = list(s.scalars(select(ChunkRow).where(ChunkRow.file_id == f.id, ChunkRow.generation == live)
+                                  .order_by(ChunkRow.ordinal)))
+        chunks = [Chunk(id=0, file_id=f.sha256 or "", text=r.text, page=r.page, heading=r.heading, ordinal=r.ordinal)
+                  for r in rows]
+        texts = embed_texts(chunks, _title(f), cfg.title_prefix)
+        loaded = LoadedFile(docs=[], title=f.title, pages=f.pages, ocr_pages=list(f.ocr_pages or []))
+        return _Loaded(i, f.name, f.sha256 or "", f.size or 0, loaded, chunks, texts, started)
+
+    def _switch(self, gen: int, cfg: KBSettings) -> None:
+        """Make the shadow generation live in one transaction; the old index is dropped after."""
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, self.id)
+            old = row.generation
+            counts = dict(s.execute(select(ChunkRow.file_id, func.count()).where(
+                ChunkRow.kb_id == self.id, ChunkRow.generation == gen).group_by(ChunkRow.file_id)).tuples().all())
+            for f in s.scalars(select(FileRow).where(FileRow.kb_id == self.id)):
+                if f.id in counts:
+                    f.chunks, f.status = counts[f.id], "indexed"
+                    f.error = None
+            s.execute(delete(ChunkRow).where(ChunkRow.kb_id == self.id, ChunkRow.generation == old))
+            row.generation, row.building, row.building_settings = gen, None, None
+            row.embedding_model, row.dim = cfg.embedding_model, cfg.dim
+            row.chunk_size, row.chunk_overlap = cfg.chunk_size, cfg.chunk_overlap
+            row.updated_at = time.time()
+            s.merge(DroppedIndex(name=row.index_name(old)))
+        self.manager.drop_retired_indexes()
+
+    def abandon_rebuild(self) -> None:
+        """Forget an unfinished rebuild (cancelled or failed): the live KB was never touched."""
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, self.id)
+            if row.building is None:
+                return
+            s.execute(delete(ChunkRow).where(ChunkRow.kb_id == self.id, ChunkRow.generation == row.building))
+            s.merge(DroppedIndex(name=row.index_name(row.building)))
+            row.building, row.building_settings = None, None
+        self.manager.drop_retired_indexes()
+
+    def _load(self, data: bytes, name: str) -> LoadedFile:
         from kb.loaders import LoaderOptions, load_file_isolated
         from kb.loaders.worker import load_file_pooled
 
         s = self.settings
         opts = LoaderOptions(max_pages=s.max_pages, ocr=s.ocr, max_file_mb=s.max_file_mb, timeout_s=s.file_timeout_s)
         loader = load_file_pooled if _ext(name) in _TEXT_FORMATS else load_file_isolated
-        return loader(path, name=name, options=opts)
+        with tempfile.NamedTemporaryFile(dir=s.tmp_dir, suffix=_ext(name)) as tmp:
+            tmp.write(data)
+            tmp.flush()
+            return loader(Path(tmp.name), name=Path(name).name, options=opts)
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _index_names(row: KBRow) -> list[str]:
+    return [row.index_name()] + ([row.index_name(row.building)] if row.building is not None else [])
+
+
+def _delete_files(s: Any, file_ids: list[int]) -> list[int]:
+    """Delete files and their chunks (every generation); return the chunk ids to drop from the indexes."""
+    if not file_ids:
+        return []
+    ids = list(s.scalars(select(ChunkRow.id).where(ChunkRow.file_id.in_(file_ids))))
+    s.execute(delete(ChunkRow).where(ChunkRow.file_id.in_(file_ids)))
+    s.execute(delete(FileRow).where(FileRow.id.in_(file_ids)))
+    return ids
+
+
+def _check_kb_settings(settings: Settings, values: dict[str, Any]) -> None:
+    mode = values.get("search_mode")
+    if mode is not None and mode not in MODES:
+        raise KBError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
+    for key, lo, hi in (("hybrid_alpha", 0.0, 1.0), ("score_threshold", 0.0, 1.0), ("top_k", 1, 50),
+                        ("chunk_size", 50, 4000), ("chunk_overlap", 0, 1000)):
+        v = values.get(key)
+        if v is not None and not lo <= v <= hi:
+            raise KBError(f"{key} must be between {lo} and {hi}")
+    size = values.get("chunk_size")
+    overlap = values.get("chunk_overlap")
+    if size is not None and overlap is not None and overlap >= size:
+        raise KBError("chunk_overlap must be smaller than chunk_size")
 
 
 class KnowledgeBaseManager:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, workers: int = 0, reconcile: bool = True):
         self.settings = settings
         settings.prepare_dirs()
-        self._kbs: dict[str, KnowledgeBase] = {}
-        self._guard = threading.Lock()
+        self.db = Database(settings.database_url or default_url(settings.system_dir))
+        self.index: IndexBackend = create_index(settings)
+        self.jobs = JobQueue(self.db, {"ingest": self._job("run_ingest"), "rebuild": self._job("run_rebuild")},
+                            settings.max_queued_jobs, settings.job_stale_seconds)
+        self._blob_lock = threading.Lock()
+        if reconcile:
+            from kb.legacy import import_legacy
+
+            import_legacy(self)
+            self.reconcile_all()
+        if workers:
+            self.jobs.start_workers(workers)
+
+    def _job(self, method: str) -> Callable[[JobContext], None]:
+        def run(ctx: JobContext) -> None:
+            kb = self._by_id(ctx.kb_id)
+            try:
+                getattr(kb, method)(ctx)
+            except Exception:
+                # A failed or cancelled rebuild leaves the live KB as it was. (A killed process raises nothing:
+                # its unfinished rebuild is resumed by whoever claims the job next.)
+                if method == "run_rebuild":
+                    kb.abandon_rebuild()
+                raise
+        return run
 
     def embedder(self, spec: str | None = None) -> Embedder:
         return create_embedder(spec or self.settings.embedding_model, self.settings.embed_batch_size,
@@ -381,9 +665,17 @@ class KnowledgeBaseManager:
 
         return get_reranker(self.settings.rerank_model)
 
+    # --- KBs ----------------------------------------------------------------------------------------
+    def _by_id(self, kb_id: int) -> KnowledgeBase:
+        with self.db.read() as s:
+            row = s.get(KBRow, kb_id)
+        if row is None:
+            raise KBNotFound("the knowledge base was deleted")
+        return KnowledgeBase(self, row)
+
     def names(self) -> list[str]:
-        root = self.settings.data_dir
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+        with self.db.read() as s:
+            return list(s.scalars(select(KBRow.name).order_by(KBRow.name)))
 
     def list(self) -> list[dict[str, Any]]:
         out = []
@@ -396,48 +688,242 @@ class KnowledgeBaseManager:
 
     def exists(self, name: str) -> bool:
         try:
-            return (self.settings.data_dir / validate_kb_name(name) / MANIFEST).is_file()
+            self.get(name)
+            return True
         except KBError:
             return False
 
     def get(self, name: str) -> KnowledgeBase:
         name = validate_kb_name(name)
-        path = self.settings.data_dir / name
-        if not (path / MANIFEST).is_file():
+        with self.db.read() as s:
+            row = s.scalars(select(KBRow).where(KBRow.name == name)).first()
+        if row is None:
             raise KBNotFound(f"knowledge base '{name}' does not exist")
-        with self._guard:
-            if name not in self._kbs:
-                self._kbs[name] = KnowledgeBase(self, path)
-            return self._kbs[name]
+        return KnowledgeBase(self, row)
 
     def create(self, name: str, embedding_model: str | None = None, search_mode: str | None = None,
-               exist_ok: bool = False) -> KnowledgeBase:
+               exist_ok: bool = False, chunk_size: int | None = None, chunk_overlap: int | None = None,
+               **settings: Any) -> KnowledgeBase:
         name = validate_kb_name(name)
-        if search_mode is not None and search_mode not in MODES:
-            raise KBError(f"unknown search mode '{search_mode}': use one of {', '.join(MODES)}")
-        path = self.settings.data_dir / name
-        if (path / MANIFEST).is_file():
+        values = {"search_mode": search_mode, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, **settings}
+        _check_kb_settings(self.settings, values)
+        if self.exists(name):
             if exist_ok:
                 return self.get(name)
             raise KBConflict(f"knowledge base '{name}' already exists")
         model = embedding_model or self.settings.embedding_model
         emb = self.embedder(model)
-        path.mkdir(parents=True, exist_ok=True)
-        with KBLock(path).hold():
-            if not (path / MANIFEST).is_file():
-                write_manifest(path, {
-                    "format": FORMAT_VERSION, "name": name, "generation": 0, "next_id": 0,
-                    "embedding": {"model": model, "dim": emb.dim}, "search_mode": search_mode,
-                    "files": {}, "created_at": time.time(), "updated_at": time.time(),
-                })
-        return self.get(name)
+        s_ = self.settings
+        row = KBRow(name=name, embedding_model=model, dim=emb.dim,
+                    chunk_size=_pick(chunk_size, s_.chunk_size), chunk_overlap=_pick(chunk_overlap, s_.chunk_overlap),
+                    title_prefix=s_.title_prefix, search_mode=search_mode, generation=1,
+                    hybrid_alpha=settings.get("hybrid_alpha"), score_threshold=settings.get("score_threshold"),
+                    top_k=settings.get("top_k"), created_at=time.time(), updated_at=time.time())
+        if row.chunk_overlap >= row.chunk_size:
+            raise KBError("chunk_overlap must be smaller than chunk_size")
+        try:
+            with self.db.session() as s:
+                if s.scalars(select(KBRow.id).where(KBRow.name == name)).first() is not None:
+                    raise KBConflict(f"knowledge base '{name}' already exists")
+                s.add(row)
+        except KBConflict:
+            if exist_ok:
+                return self.get(name)
+            raise
+        return KnowledgeBase(self, row)
 
     def delete(self, name: str) -> None:
         kb = self.get(name)
-        with kb.lock.hold():
-            # Rename first so a half-finished delete never looks like a damaged KB.
-            trash = self.settings.system_dir / f"deleted-{kb.name}-{time.time_ns()}"
-            kb.path.rename(trash)
-        with self._guard:
-            self._kbs.pop(kb.name, None)
-        shutil.rmtree(trash, ignore_errors=True)
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, kb.id)
+            for index in _index_names(row):
+                s.merge(DroppedIndex(name=index))
+            s.execute(delete(ChunkRow).where(ChunkRow.kb_id == kb.id))
+            s.execute(delete(FileRow).where(FileRow.kb_id == kb.id))
+            s.delete(row)
+        self.drop_retired_indexes()
+        self.collect_blobs()
+
+    # --- storage helpers ------------------------------------------------------------------------------
+    def store_blob(self, data: bytes) -> str:
+        sha = sha256_bytes(data)
+        with self._blob_lock, self.db.session() as s:
+            if s.get(BlobRow, sha) is None:
+                s.add(BlobRow(sha256=sha, size=len(data), data=data))
+        return sha
+
+    def read_blob(self, sha: str) -> bytes:
+        with self.db.read() as s:
+            blob = s.get(BlobRow, sha)
+            if blob is None:
+                raise LoadError("the stored copy of this file is missing")
+            return bytes(blob.data)
+
+    def collect_blobs(self) -> None:
+        """Delete file bytes no file refers to, unless a job that may still need them is pending."""
+        from kb.db import JobRow
+
+        with self.db.session() as s:
+            if s.scalars(select(JobRow.id).where(JobRow.status.in_(("queued", "running")))).first():
+                return
+            used = select(FileRow.sha256).where(FileRow.sha256.is_not(None))
+            s.execute(delete(BlobRow).where(BlobRow.sha256.not_in(used)))
+
+    def drop_chunks(self, indexes: list[str], ids: list[int]) -> None:
+        if ids:
+            for index in indexes:
+                self.index.delete(index, ids)
+
+    def drop_retired_indexes(self) -> None:
+        with self.db.read() as s:
+            names = list(s.scalars(select(DroppedIndex.name)))
+        for name in names:
+            self.index.drop(name)
+            with self.db.session() as s:
+                s.execute(delete(DroppedIndex).where(DroppedIndex.name == name))
+
+    # --- reconciliation -------------------------------------------------------------------------------
+    def reconcile_all(self) -> dict[str, dict[str, int]]:
+        self.drop_retired_indexes()
+        report = {}
+        for name in self.names():
+            try:
+                report[name] = self.reconcile(self.get(name))
+            except KBError:
+                continue
+        return report
+
+    def reconcile(self, kb: KnowledgeBase, only_generation: int | None = None) -> dict[str, int]:
+        """Make each index of ``kb`` hold exactly its generation's chunk rows: re-add what is missing
+        (re-embedded from the stored text), drop what has no row."""
+        row = kb.row()
+        gens = [only_generation] if only_generation is not None else (
+            [row.generation] + ([row.building] if row.building is not None else []))
+        added = removed = 0
+        for gen in gens:
+            cfg = KBSettings(**row.building_settings) if gen == row.building and row.building_settings \
+                else KBSettings.of(row)
+            index = row.index_name(gen)
+            with self.db.read() as s:
+                db_ids = np.fromiter(s.scalars(select(ChunkRow.id).where(
+                    ChunkRow.kb_id == kb.id, ChunkRow.generation == gen)), dtype=np.int64)
+            idx_ids = self.index.ids(index)
+            extra = np.setdiff1d(idx_ids, db_ids)
+            missing = np.setdiff1d(db_ids, idx_ids)
+            if len(extra):
+                self.index.delete(index, extra.tolist())
+                removed += len(extra)
+            for start in range(0, len(missing), 1024):
+                part = missing[start:start + 1024].tolist()
+                with self.db.read() as s:
+                    pairs = list(s.execute(select(ChunkRow, FileRow).join(FileRow, ChunkRow.file_id == FileRow.id)
+                                           .where(ChunkRow.id.in_(part))).tuples())
+                texts = [embed_texts([Chunk(id=c.id, file_id="", text=c.text, heading=c.heading)], _title(f),
+                                     cfg.title_prefix)[0] for c, f in pairs]
+                if texts:
+                    vectors = self.embedder(cfg.embedding_model).encode_documents(texts)
+                    self.index.add(index, cfg.dim, [c.id for c, _ in pairs], vectors, texts)
+                    added += len(texts)
+        if added or removed:
+            log.warning("reconciled knowledge base '%s': re-added %d chunks, removed %d", kb.name, added, removed)
+        return {"added": added, "removed": removed}
+
+    # --- export / import -----------------------------------------------------------------------------
+    def export_kb(self, name: str, dest: Path) -> dict[str, Any]:
+        """Write a KB (settings, files with their bytes, chunks, vectors) to one zip file."""
+        kb = self.get(name)
+        row = kb.row()
+        with self.db.read() as s:
+            files = list(s.scalars(select(FileRow).where(FileRow.kb_id == kb.id).order_by(FileRow.id)))
+            chunks = list(s.scalars(select(ChunkRow).where(ChunkRow.kb_id == kb.id,
+                                                           ChunkRow.generation == row.generation)
+                                    .order_by(ChunkRow.id)))
+        vectors = self.index.vectors(row.index_name(), [c.id for c in chunks]) if chunks else \
+            np.zeros((0, row.dim), dtype=np.float32)
+        meta = {"format": EXPORT_FORMAT, "name": row.name, "embedding_model": row.embedding_model, "dim": row.dim,
+                "chunk_size": row.chunk_size, "chunk_overlap": row.chunk_overlap, "title_prefix": row.title_prefix,
+                "search_mode": row.search_mode, "hybrid_alpha": row.hybrid_alpha,
+                "score_threshold": row.score_threshold, "top_k": row.top_k}
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("kb.json", json.dumps(meta, ensure_ascii=False, indent=1))
+            z.writestr("files.jsonl", "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n" for f in files))
+            z.writestr("chunks.jsonl", "".join(json.dumps(
+                {"file": c.file_id, "ordinal": c.ordinal, "text": c.text, "page": c.page, "heading": c.heading},
+                ensure_ascii=False) + "\n" for c in chunks))
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
+            z.writestr("vectors.npy", buf.getvalue())
+            for sha in sorted({f.sha256 for f in files if f.sha256}):
+                z.writestr(f"blobs/{sha}", self.read_blob(sha))
+        return {"name": row.name, "files": len(files), "chunks": len(chunks), "path": str(dest)}
+
+    def import_kb(self, src: Path, name: str | None = None) -> KnowledgeBase:
+        """Recreate an exported KB in this deployment's database and index, without re-embedding."""
+        try:
+            z = zipfile.ZipFile(src)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise KBError(f"not a knowledge-base export: {e}") from None
+        with z:
+            try:
+                meta = json.loads(z.read("kb.json"))
+                if meta.get("format") != EXPORT_FORMAT:
+                    raise KBError(f"unknown export format {meta.get('format')!r}")
+                files = [json.loads(line) for line in z.read("files.jsonl").decode().splitlines() if line]
+                chunks = [json.loads(line) for line in z.read("chunks.jsonl").decode().splitlines() if line]
+                vectors = np.load(io.BytesIO(z.read("vectors.npy")), allow_pickle=False)
+                blobs = {n.split("/", 1)[1]: z.read(n) for n in z.namelist() if n.startswith("blobs/")}
+            except (KeyError, ValueError) as e:
+                raise KBError(f"damaged knowledge-base export: {e}") from None
+        for sha, data in blobs.items():
+            if sha256_bytes(data) != sha:
+                raise KBError(f"damaged knowledge-base export: file {sha[:12]} does not match its hash")
+        return self.load_kb(meta, files, chunks, vectors, blobs, name)
+
+    def load_kb(self, meta: dict[str, Any], files: list[dict[str, Any]], chunks: list[dict[str, Any]],
+                vectors: np.ndarray, blobs: dict[str, bytes], name: str | None = None) -> KnowledgeBase:
+        """Create a KB from its parts (an export, or an old-format folder): ``files`` as ``FileRow.to_dict``,
+        ``chunks`` with the ``id`` of their file, ``vectors`` aligned with ``chunks``; nothing is re-embedded."""
+        if len(vectors) != len(chunks) or (len(vectors) and vectors.shape[1] != meta["dim"]):
+            raise KBError("damaged knowledge base: vectors and chunks disagree")
+        kb = self.create(name or meta["name"], embedding_model=meta["embedding_model"],
+                         search_mode=meta.get("search_mode"), chunk_size=meta.get("chunk_size"),
+                         chunk_overlap=meta.get("chunk_overlap"), hybrid_alpha=meta.get("hybrid_alpha"),
+                         score_threshold=meta.get("score_threshold"), top_k=meta.get("top_k"))
+        if kb.embedder.dim != meta["dim"]:
+            self.delete(kb.name)
+            raise KBError(f"embedding model {meta['embedding_model']} here has dimension {kb.embedder.dim}, "
+                          f"the knowledge base's vectors {meta['dim']}")
+        for data in blobs.values():
+            self.store_blob(data)
+        with self.db.session() as s:
+            row = self.db.lock_kb(s, kb.id)
+            row.title_prefix = bool(meta.get("title_prefix", True))
+            file_ids = {}
+            for f in files:
+                new = FileRow(kb_id=kb.id, name=f["name"], sha256=f["sha256"], size=f.get("size"),
+                              status=f["status"], error=f.get("error"), chunks=f.get("chunks", 0),
+                              pages=f.get("pages"), ocr_pages=f.get("ocr_pages") or [], title=f.get("title"),
+                              warnings=f.get("warnings") or [], added_at=f.get("added_at") or time.time())
+                s.add(new)
+                s.flush()
+                file_ids[f["id"]] = new
+            rows = [ChunkRow(kb_id=kb.id, file_id=file_ids[c["file"]].id, generation=row.generation,
+                             ordinal=c["ordinal"], text=c["text"], page=c.get("page"), heading=c.get("heading"))
+                    for c in chunks]
+            s.add_all(rows)
+            s.flush()
+            ids = [r.id for r in rows]
+            titles = [_title(file_ids[c["file"]]) for c in chunks]
+            index, dim, prefix = row.index_name(), row.dim, row.title_prefix
+        texts = [embed_texts([Chunk(id=0, file_id="", text=c["text"], heading=c.get("heading"))], t, prefix)[0]
+                 for c, t in zip(chunks, titles, strict=True)]
+        for start in range(0, len(ids), 4096):
+            self.index.add(index, dim, ids[start:start + 4096], vectors[start:start + 4096], texts[start:start + 4096])
+        return kb
+
+    def close(self) -> None:
+        self.jobs.stop()
+        self.index.close()
+        self.db.close()
+

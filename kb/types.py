@@ -20,6 +20,14 @@ class KBConflict(KBError):
     status_code = 409
 
 
+class Busy(Exception):
+    """The server is at a configured capacity; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 10):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class LoadError(KBError):
     """A file could not be turned into text; ``reason`` is short and user-facing
     (e.g. "encrypted: password required", "no text layer", "not a PDF", "empty")."""
@@ -96,15 +104,25 @@ class FileResult:
     pages: int | None = None
     ocr_pages: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    renamed_from: str | None = None  # indexed beside an older, different file that had this name
+    duplicate_of: str | None = None  # the file already in the KB with these exact bytes
+    kept_old: bool = False  # a rebuild could not re-read it and kept its previous chunks
 
     def message(self) -> str:
         if self.status == "failed":
             return f"{self.name}: failed: {self.error}"
         if self.status == "duplicate":
-            return f"{self.name}: skipped, duplicate of a file already in the KB"
+            return f"{self.name}: skipped, same content as '{self.duplicate_of or '?'}' already in the KB"
         extra = f", OCR on page(s) {', '.join(map(str, self.ocr_pages))}" if self.ocr_pages else ""
         verb = "replaced old version, indexed" if self.status == "replaced" else "indexed"
+        if self.renamed_from:
+            return (f"{self.renamed_from}: a different file already has this name, so this one was kept as "
+                    f"'{self.name}' and {verb} with {self.chunks} chunks{extra} (replace to overwrite instead)")
         return f"{self.name}: {verb} with {self.chunks} chunks{extra} ({self.seconds:.1f}s)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"message": self.message()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileResult:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})

@@ -16,6 +16,9 @@ CONDENSE_MAX_TOKENS = 64
 
 
 class Searchable(Protocol):
+    def params(self, top_k: int | None = None, threshold: float | None = None, mode: str | None = None) -> Any:
+        """Effective search parameters (``.threshold`` is shown when nothing passes it)."""
+
     def search(self, query: str, top_k: int | None = None, threshold: float | None = None,
                mode: str | None = None) -> list[Any]: ...
 
@@ -102,9 +105,9 @@ class ChatService:
             query = self.condense(question, hist, lang, cancel)
         yield ChatEvent("query", query)
 
-        threshold = _pick(opts.threshold, s.score_threshold)
-        hits = kb.search(query, top_k=_pick(opts.top_k, s.top_k), threshold=threshold,
-                         mode=_pick(opts.mode, s.search_mode))
+        # Unset options follow the KB's own settings (its search mode, threshold...), then the app's.
+        threshold = kb.params(opts.top_k, opts.threshold, opts.mode).threshold
+        hits = kb.search(query, top_k=opts.top_k, threshold=opts.threshold, mode=opts.mode)
         yield ChatEvent("sources", hits)
 
         if not hits:

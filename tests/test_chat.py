@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -55,6 +56,10 @@ class FakeKB:
     def search(self, query, top_k=None, threshold=None, mode=None):
         self.searches.append((query, top_k, threshold, mode))
         return list(self.hits)
+
+    def params(self, top_k=None, threshold=None, mode=None):
+        return SimpleNamespace(top_k=top_k or 4, threshold=0.3 if threshold is None else threshold,
+                               mode=mode or "hybrid")
 
 
 class FakeManager:

@@ -33,7 +33,7 @@ def test_ingest_folder_search_and_files(tmp_path):
     assert lines[-1].startswith("summary: ") and "1 failed" in lines[-1]
 
     again = kb_cli("ingest", "--kb", "docs", str(DOCUMENTS / "md_kb_zh"), data_dir=data).stdout
-    assert "skipped, duplicate" in again and "0 indexed" in again
+    assert "skipped, same content as" in again and "0 indexed" in again
 
     hits = json.loads(kb_cli("search", "--kb", "docs", "张量并行是什么", "--json", "--top-k", "3",
                              "--threshold", "0", data_dir=data).stdout)

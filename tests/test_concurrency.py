@@ -31,9 +31,9 @@ SESSIONS = 20
 
 
 def test_twenty_concurrent_chat_sessions_and_chat_during_rebuild(tmp_path: Path) -> None:
-    # Small chunks give the four files enough chunks to span several embedding batches; checkpoint_seconds=0
-    # makes any checkpoint inside the rebuild happen at once; max_queued_chats lets all sessions queue.
-    settings = make_settings(tmp_path / "data", max_tokens=8, chunk_size=60, chunk_overlap=0, checkpoint_seconds=0,
+    # Small chunks give the four files enough chunks to span several embedding batches; max_queued_chats lets
+    # all sessions queue.
+    settings = make_settings(tmp_path / "data", max_tokens=8, chunk_size=60, chunk_overlap=0,
                              max_queued_chats=SESSIONS)
     with LiveServer(settings) as server:
         kb = server.services.kbs.create("docs")

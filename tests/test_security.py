@@ -235,7 +235,7 @@ def test_pages_carry_a_content_security_policy(keyed: LiveServer) -> None:
 def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = make_settings(tmp_path_factory.mktemp("caps") / "d", max_message_chars=500, max_messages=6,
                              max_embed_inputs=4, max_embed_chars=300, max_upload_mb=1, max_queued_chats=1,
-                             max_jobs=1, max_tokens=400)
+                             max_jobs=1, max_queued_jobs=1, max_tokens=400)
     with LiveServer(settings) as srv:
         yield srv
 
@@ -303,16 +303,16 @@ def test_full_chat_queue_answers_429_and_the_server_keeps_answering(capped: Live
 def test_job_cap_answers_429(capped: LiveServer, tmp_path: Path) -> None:
     with httpx.Client(base_url=capped.url, timeout=120) as c:
         assert c.post("/api/kb", json={"name": "jobs"}).status_code == 201
-        release = threading.Event()
-        capped.services.jobs.start("hold", "jobs", lambda progress: release.wait(60))
+        capped.services.jobs.stop()  # no worker: the first job stays queued
         try:
             r = c.post("/api/kb/jobs/files", files={"files": ("a.md", b"# A\n\nhello\n")})
-            assert "max_jobs" in _error(r, 429)["message"] and r.headers["retry-after"]
+            assert r.status_code == 202 and r.json()["job"]["status"] == "queued"
+            first = r.json()["job"]["id"]
+            r = c.post("/api/kb/jobs/files", files={"files": ("b.md", b"# B\n\nhello\n")})
+            assert "max_queued_jobs" in _error(r, 429)["message"] and r.headers["retry-after"]
+            assert c.post(f"/api/jobs/{first}/cancel").json()["status"] == "cancelled"
         finally:
-            release.set()
-        deadline = time.time() + 30
-        while capped.services.jobs.slots.in_use and time.time() < deadline:
-            time.sleep(0.1)
+            capped.services.jobs.start_workers(1)
         r = c.post("/api/kb/jobs/files", files={"files": ("a.md", b"# A\n\nhello\n")}, params={"wait": "true"})
         assert r.status_code == 200 and r.json()["results"][0]["status"] == "indexed"
 
@@ -370,18 +370,18 @@ class _Boom:
         return (Path("/tmp/kbchat-pwned").write_text, ("ran",))
 
 
-def test_no_pickle_is_read_from_a_data_dir(manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A KB folder from elsewhere with a hostile pickle where the old format kept its keyword index: loading
-    and searching it must not unpickle anything, and keyword search must still work."""
+def test_no_pickle_is_read_from_a_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KB folder of the old format copied in from elsewhere, with a hostile pickle where that format once kept
+    its keyword index: importing and searching it must not unpickle anything, and keyword search must work."""
     import pickle
 
-    kb = manager.create("copied", search_mode="keyword")
-    src = tmp_path / "doc.md"
-    src.write_text("# Lighthouse\n\nThe lighthouse keeper polishes the brass lens every evening.\n", encoding="utf-8")
-    kb.ingest([src])
-    g = json.loads((kb.path / "manifest.json").read_text())["generation"]
-    (kb.path / f"bm25.{g}.json").unlink()  # as written by the pickle-era format
-    (kb.path / f"bm25.{g}.pkl").write_bytes(pickle.dumps(_Boom()))
+    from kb.service import KnowledgeBaseManager
+    from tests.storage_checks import write_legacy_kb
+
+    data = tmp_path / "data"
+    folder = write_legacy_kb(data / "copied", ["The lighthouse keeper polishes the brass lens every evening."],
+                             search_mode="keyword")
+    (folder / "bm25.3.pkl").write_bytes(pickle.dumps(_Boom()))
     marker = Path("/tmp/kbchat-pwned")
     marker.unlink(missing_ok=True)
 
@@ -391,20 +391,10 @@ def test_no_pickle_is_read_from_a_data_dir(manager: Any, tmp_path: Path, monkeyp
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
-    from kb.service import KnowledgeBaseManager
-
-    fresh = KnowledgeBaseManager(manager.settings).get("copied")  # a new process's view of the folder
-    hits = fresh.search("brass lens", mode="keyword", threshold=0.0)
+    kb = KnowledgeBaseManager(make_settings(data)).get("copied")  # imports the old folder
+    hits = kb.search("brass lens", mode="keyword", threshold=0.0)
     assert not marker.exists()
-    assert hits and hits[0].file == "doc.md"
-    # The next commit writes the index as JSON and removes the pickle.
-    more = tmp_path / "more.md"
-    more.write_text("# Harbour\n\nThe harbour master logs every ship at dawn.\n", encoding="utf-8")
-    fresh.ingest([more])
-    assert [p.name for p in kb.path.rglob("*.pkl")] == []
-    assert [h.file for h in fresh.search("harbour master", mode="keyword", threshold=0.0)][:1] == ["more.md"]
-    assert [h.file for h in fresh.search("brass lens", mode="keyword", threshold=0.0)][:1] == ["doc.md"]
-    assert not marker.exists()
+    assert hits and "brass lens" in hits[0].text
 
 
 # --- what a model writes cannot make the browser fetch a URL ------------------------------------------------

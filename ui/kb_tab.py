@@ -35,6 +35,12 @@ def files_table(files: list[dict[str, Any]], lang: Lang) -> pd.DataFrame:
     return _table(["name", "status", "chunks", "pages", "error"], rows, lang)
 
 
+def jobs_table(jobs: list[dict[str, Any]], lang: Lang) -> pd.DataFrame:
+    rows = [[j["id"], j["kind"], j["status"], f"{j['progress']:.0%}", j["chunks_embedded"],
+             j["error"] or j["message"]] for j in jobs]
+    return _table(["id", "kind", "status", "progress", "embedded", "message"], rows, lang)
+
+
 def hits_table(hits: list[Hit], lang: Lang) -> pd.DataFrame:
     rows = [[f"{h.score:.3f}", h.file, h.page or "", h.heading or "", " ".join(h.text.split())] for h in hits]
     return _table(["score", "file", "page", "heading", "text"], rows, lang)
@@ -46,9 +52,11 @@ def info_markdown(kb: KnowledgeBase | None, lang: Lang) -> str:
     i = kb.info()
     if lang == "zh":
         return (f"**{i['name']}** · {i['files']} 个文件 · {i['chunks']} 个分段 · 失败 {i['failed']} · "
-                f"检索模式 {i['search_mode']} · 嵌入模型 {i['embedding_model']}")
+                f"检索模式 {i['search_mode']} · 嵌入模型 {i['embedding_model']}"
+                + (" · **重建中**" if i["rebuilding"] else ""))
     return (f"**{i['name']}** · {i['files']} files · {i['chunks']} chunks · {i['failed']} failed · "
-            f"search mode {i['search_mode']} · embedding {i['embedding_model']}")
+            f"search mode {i['search_mode']} · embedding {i['embedding_model']}"
+            + (" · **rebuilding**" if i["rebuilding"] else ""))
 
 
 @dataclass
@@ -93,6 +101,7 @@ def build_kb_tab(services: Services) -> KBTab:
 
     with gr.Accordion(t("upload_box"), open=True, elem_id="kb-upload-box"):
         files_in = gr.File(label=t("upload_files"), file_count="multiple", elem_id="kb-upload", height=140)
+        replace = gr.Checkbox(value=False, label=t("replace"), elem_id="kb-replace")
         with gr.Accordion(t("chunking"), open=False):
             chunking = render_group(settings, "kb")
         upload = gr.Button(t("upload_btn"), variant="primary", elem_id="kb-upload-btn")
@@ -104,6 +113,13 @@ def build_kb_tab(services: Services) -> KBTab:
             file_pick = gr.Dropdown(choices=[], label=t("file_select"), elem_id="kb-file-pick", scale=4)
             delete_file = gr.Button(t("file_delete"), variant="stop", elem_id="kb-file-delete", scale=1)
             rebuild = gr.Button(t("rebuild"), elem_id="kb-rebuild", scale=1)
+
+    with gr.Accordion(t("jobs_box"), open=False, elem_id="kb-jobs-box"):
+        jobs = gr.Dataframe(elem_id="kb-jobs", interactive=False, wrap=True)
+        with gr.Row(equal_height=True):
+            job_pick = gr.Dropdown(choices=[], label=t("job_select"), elem_id="kb-job-pick", scale=4)
+            jobs_refresh = gr.Button(t("jobs_refresh"), elem_id="kb-jobs-refresh", scale=1)
+            job_cancel = gr.Button(t("job_cancel"), variant="stop", elem_id="kb-job-cancel", scale=1)
 
     with gr.Accordion(t("search_box"), open=True, elem_id="kb-search-box"):
         with gr.Row(equal_height=True):
@@ -124,20 +140,26 @@ def build_kb_tab(services: Services) -> KBTab:
         return kbs.get(name)
 
     def views(name: str | None, lang: Lang) -> tuple[Any, ...]:
-        """KB dropdown, details, mode, file table and file picker for ``name`` (or the first KB)."""
+        """KB dropdown, details, mode, file table, file picker and the KB's chunking for ``name`` (or the first)."""
         names = kbs.names()
         name = name if name in names else (names[0] if names else None)
         current = kbs.get(name) if name else None
         file_recs = current.files() if current else []
+        kb_info = current.info() if current else {}
         return (
             gr.update(choices=names, value=name),
             info_markdown(current, lang),
             gr.update(value=current.search_mode if current else settings.search_mode),
             files_table(file_recs, lang),
             gr.update(choices=[f["name"] for f in file_recs], value=None),
+            *(gr.update(value=kb_info.get(k, getattr(settings, k))) for k in chunking),
         )
 
-    view_outputs = [kb, info, mode, files, file_pick]
+    def job_views(name: str | None, lang: Lang) -> tuple[Any, Any]:
+        recent = services.jobs.list(kbs.get(name).id, 20) if name and kbs.exists(name) else []
+        return jobs_table(recent, lang), gr.update(choices=[j["id"] for j in recent], value=None)
+
+    view_outputs = [kb, info, mode, files, file_pick, *chunking.values()]
 
     @user_errors
     def show(request: gr.Request, name: str | None) -> tuple[Any, ...]:
@@ -146,12 +168,25 @@ def build_kb_tab(services: Services) -> KBTab:
     @user_errors
     def on_load(request: gr.Request, name: str | None) -> tuple[Any, ...]:
         lang = lang_of(request)
-        return (*views(name, lang), results_table([], lang), hits_table([], lang))
+        return (*views(name, lang), results_table([], lang), hits_table([], lang), *job_views(name, lang))
 
     @user_errors
-    def create_kb(request: gr.Request, name: str, search_mode: str) -> tuple[Any, ...]:
+    def show_jobs(request: gr.Request, name: str | None) -> tuple[Any, Any]:
+        return job_views(name, lang_of(request))
+
+    @user_errors
+    def cancel_job(request: gr.Request, name: str | None, job_id: str | None) -> tuple[Any, ...]:
         lang = lang_of(request)
-        created = kbs.create((name or "").strip(), search_mode=search_mode)
+        if not job_id:
+            raise gr.Error(msg("job_need", lang), print_exception=False)
+        job = services.jobs.cancel(job_id)
+        status = "cancel requested" if job["status"] == "running" else job["status"]
+        return (*job_views(name, lang), msg("job_cancelled", lang, id=job_id, status=status))
+
+    @user_errors
+    def create_kb(request: gr.Request, name: str, search_mode: str, *chunk_values: Any) -> tuple[Any, ...]:
+        lang = lang_of(request)
+        created = kbs.create((name or "").strip(), search_mode=search_mode, **chunk_settings(chunk_values))
         return (*views(created.name, lang), msg("kb_created", lang, name=created.name), "")
 
     @user_errors
@@ -173,23 +208,22 @@ def build_kb_tab(services: Services) -> KBTab:
         current.set_search_mode(search_mode)
         return info_markdown(current, lang), msg("kb_mode_set", lang, name=current.name, mode=search_mode)
 
-    def apply_chunking(values: tuple[Any, ...]) -> None:
-        # Chunking settings are process-wide (KnowledgeBase reads them from settings at ingest/rebuild time).
-        for name, value in zip(chunking, values, strict=True):
-            setattr(settings, name, coerce(settings, name, value))
+    def chunk_settings(values: tuple[Any, ...]) -> dict[str, Any]:
+        # Chunking belongs to a KB: set at creation, changed by a rebuild, never process-wide.
+        return {name: coerce(settings, name, value) for name, value in zip(chunking, values, strict=True)}
 
     @user_errors
-    def upload_files(request: gr.Request, name: str | None, paths: list[str] | None, *chunk_values: Any,
+    def upload_files(request: gr.Request, name: str | None, paths: list[str] | None, replace_same: bool,
                      progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's API
         lang = lang_of(request)
         current = need(name, lang)
         if not paths:
             raise gr.Error(msg("upload_none", lang), print_exception=False)
-        apply_chunking(chunk_values)
-        # Gradio keeps the browser's file name as the temp file's name; it becomes the display name.
+        # Gradio keeps the browser's file name as the temp file's name; it becomes the file's name in the KB.
         uploaded = [Path(p) for p in paths]
         progress(0.0, desc=msg("working", lang))
-        out = current.ingest(uploaded, [p.name for p in uploaded], progress=lambda f, m: progress(f, desc=m))
+        out = current.ingest(uploaded, [p.name for p in uploaded], progress=lambda f, m: progress(f, desc=m),
+                             replace=bool(replace_same))
         failed = sum(r.status == "failed" for r in out)
         return (results_table(out, lang), None, *views(current.name, lang),
                 f"{len(out) - failed}/{len(out)} ✓" + (f" · {failed} ✗" if failed else ""))
@@ -208,9 +242,8 @@ def build_kb_tab(services: Services) -> KBTab:
                    progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's API
         lang = lang_of(request)
         current = need(name, lang)
-        apply_chunking(chunk_values)
         progress(0.0, desc=msg("working", lang))
-        out = current.rebuild(progress=lambda f, m: progress(f, desc=m))
+        out = current.rebuild(progress=lambda f, m: progress(f, desc=m), **chunk_settings(chunk_values))
         return (results_table(out, lang), *views(current.name, lang),
                 msg("rebuilt", lang, name=current.name, n=len(out)))
 
@@ -226,22 +259,27 @@ def build_kb_tab(services: Services) -> KBTab:
         return hits_table(found, lang), "" if found else msg("search_none", lang)
 
     chunk_inputs = list(chunking.values())
-    created = create.click(create_kb, [new_name, new_mode], [*view_outputs, status, new_name], api_name="create_kb")
+    created = create.click(create_kb, [new_name, new_mode, *chunk_inputs], [*view_outputs, status, new_name],
+                           api_name="create_kb")
     refresh.click(show, [kb], view_outputs)
-    kb.input(show, [kb], view_outputs)
+    kb.input(show, [kb], view_outputs).then(show_jobs, [kb], [jobs, job_pick])
+    jobs_refresh.click(show_jobs, [kb], [jobs, job_pick])
+    job_cancel.click(cancel_job, [kb, job_pick], [jobs, job_pick, status], api_name="cancel_job")
     delete.click(ask_delete, [kb], [confirm_box, confirm_text])
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, queue=False)
     deleted = confirm.click(delete_kb, [kb], [*view_outputs, confirm_box, status], api_name="delete_kb")
     set_mode.click(change_mode, [kb, mode], [info, status])
     # Progress is drawn once, on the results, not on every output of the event.
-    uploaded = upload.click(upload_files, [kb, files_in, *chunk_inputs], [results, files_in, *view_outputs, status],
-                            concurrency_id="kb_write", show_progress_on=[results])
-    delete_file.click(remove_file, [kb, file_pick], [*view_outputs, status], concurrency_id="kb_write",
-                      api_name="delete_file")
-    rebuild.click(rebuild_kb, [kb, *chunk_inputs], [results, *view_outputs, status], concurrency_id="kb_write",
-                  api_name="rebuild_kb", show_progress_on=[results])
+    # Writes run as jobs, queued per KB in the database: the UI adds no lock of its own, so uploads to different
+    # KBs run side by side and a second upload to a busy KB waits its turn (listed under Jobs).
+    writes: dict[str, Any] = {"concurrency_limit": None}
+    uploaded = upload.click(upload_files, [kb, files_in, replace], [results, files_in, *view_outputs, status],
+                            show_progress_on=[results], **writes)
+    delete_file.click(remove_file, [kb, file_pick], [*view_outputs, status], api_name="delete_file", **writes)
+    rebuild.click(rebuild_kb, [kb, *chunk_inputs], [results, *view_outputs, status], api_name="rebuild_kb",
+                  show_progress_on=[results], **writes)
     search.click(run_search, [kb, query, s_top_k, s_threshold, s_mode], [hits, status], api_name="search_kb")
     query.submit(run_search, [kb, query, s_top_k, s_threshold, s_mode], [hits, status], api_name=False)
 
     return KBTab(kb=kb, changed=[deleted], filled=[created, uploaded], load=on_load,
-                 load_outputs=[*view_outputs, results, hits])
+                 load_outputs=[*view_outputs, results, hits, jobs, job_pick])
