@@ -233,6 +233,33 @@ def test_delete_kb_asks_for_confirmation(server: LiveServer, browser: object) ->
     page.context.close()
 
 
+def test_jobs_are_listed_and_cancelled_from_the_kb_tab(server: LiveServer, browser: object, tmp_path: Path) -> None:
+    kbs = server.services.kbs
+    kb = kbs.create("jobs-ui")
+    doc = tmp_path / "waiting.md"
+    doc.write_text("# Waiting\n\nThis file waits in the queue.\n", encoding="utf-8")
+    server.services.jobs.stop()  # no worker: the job stays queued until someone acts on it
+    try:
+        job = kb.submit_ingest([doc])
+        page = open_page(browser, server.url, "en-US")
+        page.get_by_role("tab", name="Knowledge bases").click()
+        pick(page, "#kb-select", "jobs-ui")
+        page.get_by_text("Jobs (uploads and rebuilds").click()
+        page.locator("#kb-jobs-refresh").click()
+        table = page.locator("#kb-jobs")
+        expect(table).to_contain_text(job["id"], timeout=30_000)
+        expect(table).to_contain_text("queued")
+        pick(page, "#kb-job-pick", job["id"])
+        page.locator("#kb-job-cancel").click()
+        expect(page.locator("#kb-status")).to_contain_text(f"Job {job['id']}: cancelled", timeout=30_000)
+        expect(table).to_contain_text("cancelled")
+        assert server.services.jobs.get(job["id"])["status"] == "cancelled"
+        assert kb.info()["files"] == 0
+        page.context.close()
+    finally:
+        server.services.jobs.start_workers(server.services.settings.max_jobs)
+
+
 def test_newcomer_path_first_kb_becomes_the_chat_default(browser: object, tmp_path: Path) -> None:
     """With no KB the chat says how to make one; after the first KB is created and filled in the KB tab, the
     chat tab is on that KB (not in the plain-LLM mode it chose at page load); the upload draws one progress bar."""
