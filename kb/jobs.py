@@ -84,8 +84,9 @@ class JobQueue:
         """Queue a job. ``reserve``: the caller will ``wait`` for it and run it itself (its progress callback
         sees every step); other processes leave it alone while the caller's ``wait`` keeps it fresh."""
         now = time.time()
-        if reserve:
-            payload = payload | {"reserved_for": self.owner}
+        token = uuid.uuid4().hex if reserve else None
+        if token:  # per waiter, not per process: this process's own workers must leave it alone too
+            payload = payload | {"reserved_for": token}
         job = JobRow(id=uuid.uuid4().hex[:16], kind=kind, kb_id=kb.id, kb_name=kb.name, status="queued",
                      payload=payload, message="queued", result=[], created_at=now,
                      heartbeat_at=now if reserve else None)
@@ -98,7 +99,7 @@ class JobQueue:
             s.add(job)
         with self._wake:
             self._wake.notify_all()
-        return job.to_dict()
+        return job.to_dict() | ({"reservation": token} if token else {})
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.db.read() as s:
@@ -129,7 +130,8 @@ class JobQueue:
                 JobRow.kb_id == kb_id, JobRow.status.in_(("queued", "running")))).all())
 
     # --- running -----------------------------------------------------------------------------------
-    def claim(self, job_id: str | None = None, kb_id: int | None = None) -> JobRow | None:
+    def claim(self, job_id: str | None = None, kb_id: int | None = None,
+              reservation: str | None = None) -> JobRow | None:
         """Take a queued job (or a running one whose owner died) whose KB has no other live job: ``job_id``
         only, or the oldest of ``kb_id``, or the oldest of any KB."""
         now = time.time()
@@ -144,7 +146,7 @@ class JobQueue:
                 if job.status == "running" and (job.heartbeat_at or 0) > stale:
                     continue
                 reserved = (job.payload or {}).get("reserved_for")
-                if job.status == "queued" and reserved not in (None, self.owner) and (job.heartbeat_at or 0) > stale:
+                if job.status == "queued" and reserved not in (None, reservation) and (job.heartbeat_at or 0) > stale:
                     continue  # its submitter is waiting to run it
                 try:
                     self.db.lock_kb(s, job.kb_id)
@@ -211,11 +213,11 @@ class JobQueue:
             s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
     def wait(self, job_id: str, listener: Callable[[float, str], None] | None = None,
-             poll: float = 0.2) -> dict[str, Any]:
+             poll: float = 0.2, reservation: str | None = None) -> dict[str, Any]:
         """Run the job in this thread when it can be claimed (else let its owner run it); return its row.
         Older jobs of the same KB left by a dead process are resumed here first (the CLI has no workers)."""
         while True:
-            job = self.claim(job_id)
+            job = self.claim(job_id, reservation=reservation)
             if job is not None:
                 self.run(job, listener)
             else:

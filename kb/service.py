@@ -297,7 +297,7 @@ class KnowledgeBase:
                progress: Progress | None = None, replace: bool = False) -> list[FileResult]:
         """Index files and wait for the result (the job runs in this thread unless another process has it)."""
         job = self.submit_ingest(paths, names, replace, reserve=True)
-        return self._wait(job["id"], progress)
+        return self._wait(job, progress)
 
     def submit_rebuild(self, embedding_model: str | None = None, chunk_size: int | None = None,
                        chunk_overlap: int | None = None, reserve: bool = False) -> dict[str, Any]:
@@ -313,10 +313,10 @@ class KnowledgeBase:
                 chunk_size: int | None = None, chunk_overlap: int | None = None) -> list[FileResult]:
         """Re-index every stored file into a new index beside the live one; switch when complete."""
         job = self.submit_rebuild(embedding_model, chunk_size, chunk_overlap, reserve=True)
-        return self._wait(job["id"], progress)
+        return self._wait(job, progress)
 
-    def _wait(self, job_id: str, progress: Progress | None) -> list[FileResult]:
-        job = self.manager.jobs.wait(job_id, progress)
+    def _wait(self, submitted: dict[str, Any], progress: Progress | None) -> list[FileResult]:
+        job = self.manager.jobs.wait(submitted["id"], progress, reservation=submitted.get("reservation"))
         if job["status"] == "failed":
             raise KBError(job["error"] or "the job failed")
         if job["status"] == "cancelled":

@@ -100,7 +100,11 @@ class MilvusIndex:
     def __init__(self, uri: str, token: str | None = None) -> None:
         from pymilvus import MilvusClient
 
-        self._client = MilvusClient(uri=uri, token=token or "")
+        # pymilvus pings every 10 s even when idle; gRPC servers that keep the default ping policy (milvus-lite
+        # does) answer that with GOAWAY "too many pings" and the next call fails UNAVAILABLE. Ping only while
+        # calls are in flight, and rarely.
+        self._client = MilvusClient(uri=uri, token=token or "", grpc_options={
+            "grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False})
         self._lock = threading.Lock()
         self._ready: set[str] = set()  # collections known to exist (created or seen)
         self._avgdl: dict[tuple[str, str], tuple[int, float, float]] = {}  # -> (count, avgdl, when)
