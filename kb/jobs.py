@@ -124,11 +124,6 @@ class JobQueue:
                 job.cancel_requested = True  # the runner stops at its next file or batch
             return job.to_dict()
 
-    def pending(self, kb_id: int) -> int:
-        with self.db.read() as s:
-            return len(s.scalars(select(JobRow.id).where(
-                JobRow.kb_id == kb_id, JobRow.status.in_(("queued", "running")))).all())
-
     # --- running -----------------------------------------------------------------------------------
     def claim(self, job_id: str | None = None, kb_id: int | None = None,
               reservation: str | None = None) -> JobRow | None:

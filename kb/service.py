@@ -258,16 +258,13 @@ class KnowledgeBase:
         unknown = set(values) - allowed
         if unknown:
             raise KBError(f"unknown knowledge-base setting(s): {', '.join(sorted(unknown))}")
-        _check_kb_settings(self.settings, values)
+        _check_kb_settings(values)
         with self.db.session() as s:
             row = self.db.lock_kb(s, self.id)
             for k, v in values.items():
                 setattr(row, k, v)
             row.updated_at = time.time()
         return self.info()
-
-    def set_search_mode(self, mode: str) -> None:
-        self.update(search_mode=mode)
 
     # --- writing: jobs ----------------------------------------------------------------------
     def submit_ingest(self, paths: Sequence[Path | str], names: Sequence[str] | None = None,
@@ -306,7 +303,7 @@ class KnowledgeBase:
         target = {"embedding_model": model, "dim": self.manager.embedder(model).dim,
                   "chunk_size": _pick(chunk_size, row.chunk_size),
                   "chunk_overlap": _pick(chunk_overlap, row.chunk_overlap), "title_prefix": row.title_prefix}
-        _check_kb_settings(self.settings, target)
+        _check_kb_settings(target)
         return self.manager.jobs.submit("rebuild", row, {"target": target}, reserve)
 
     def rebuild(self, progress: Progress | None = None, embedding_model: str | None = None,
@@ -611,7 +608,7 @@ def _delete_files(s: Any, file_ids: list[int]) -> list[int]:
     return ids
 
 
-def _check_kb_settings(settings: Settings, values: dict[str, Any]) -> None:
+def _check_kb_settings(values: dict[str, Any]) -> None:
     mode = values.get("search_mode")
     if mode is not None and mode not in MODES:
         raise KBError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
@@ -706,7 +703,7 @@ class KnowledgeBaseManager:
                **settings: Any) -> KnowledgeBase:
         name = validate_kb_name(name)
         values = {"search_mode": search_mode, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, **settings}
-        _check_kb_settings(self.settings, values)
+        _check_kb_settings(values)
         if self.exists(name):
             if exist_ok:
                 return self.get(name)

@@ -205,7 +205,7 @@ def build_kb_tab(services: Services) -> KBTab:
     def change_mode(request: gr.Request, name: str | None, search_mode: str) -> tuple[str, str]:
         lang = lang_of(request)
         current = need(name, lang)
-        current.set_search_mode(search_mode)
+        current.update(search_mode=search_mode)
         return info_markdown(current, lang), msg("kb_mode_set", lang, name=current.name, mode=search_mode)
 
     def chunk_settings(values: tuple[Any, ...]) -> dict[str, Any]:
