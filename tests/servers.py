@@ -37,7 +37,7 @@ def start_milvus(data_dir: Path) -> tuple[str, subprocess.Popen]:
             [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir / "milvus")],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
-    from pymilvus import MilvusClient
+    from kb.index.milvus import connect
 
     deadline = time.monotonic() + _MILVUS_START_TIMEOUT
     last_error: Exception | None = None
@@ -46,7 +46,7 @@ def start_milvus(data_dir: Path) -> tuple[str, subprocess.Popen]:
             raise RuntimeError(f"milvus-lite exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         try:
             # A listening socket is not enough: wait until it serves an RPC.
-            client = MilvusClient(uri=uri, timeout=2)
+            client = connect(uri, timeout=2)
             client.list_collections()
             client.close()
             return uri, proc

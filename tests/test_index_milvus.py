@@ -238,3 +238,24 @@ def test_postgres_with_pgvector(tmp_path: Path) -> None:
         engine.dispose()
     finally:
         handle.cleanup()  # type: ignore[attr-defined]
+
+
+def test_index_keeps_its_quiet_ping_policy_after_a_default_client_on_the_same_address(milvus_uri: str) -> None:
+    """CI bug: pymilvus shares one channel per address and the first client's options win. A default client
+    (pings every 10 s even when idle), made and closed earlier in the same process (tests/servers.py did),
+    stayed registered; MilvusIndex was handed its channel, milvus-lite answered the idle pings with GOAWAY
+    "too many pings", and the next MilvusIndex failed to open with "Too many pings"."""
+    from pymilvus import MilvusClient
+
+    other = MilvusClient(uri=milvus_uri, timeout=2)  # any other code in the process, with pymilvus defaults
+    other.list_collections()
+    idx = MilvusIndex(milvus_uri)
+    try:
+        handler = idx._client._handler
+        assert handler is not other._handler
+        assert handler._grpc_options["grpc.keepalive_permit_without_calls"] is False  # no pings while idle
+        idx.add("quiet", DIM, [1, 2], _vecs(2, 7), TEXTS[:2])
+        assert {h[0] for h in idx.search("quiet", _vecs(1, 7)[0], "苹果", 2, "hybrid")} == {1, 2}
+    finally:
+        idx.close()
+        other.close()

@@ -96,15 +96,22 @@ def _clip(x: float) -> float:
     return min(1.0, max(0.0, float(x)))
 
 
+def connect(uri: str, token: str | None = None, timeout: float | None = None):
+    """A MilvusClient on its own gRPC channel that pings only while calls are in flight, and rarely.
+
+    pymilvus shares one channel per address among clients (the first client's options win) and pings every
+    10 s even when idle; gRPC servers that keep the default ping policy (milvus-lite does) answer that with
+    GOAWAY "too many pings" and the next call fails UNAVAILABLE. A dedicated channel keeps our options.
+    """
+    from pymilvus import MilvusClient
+
+    return MilvusClient(uri=uri, token=token or "", timeout=timeout, dedicated=True, grpc_options={
+        "grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False})
+
+
 class MilvusIndex:
     def __init__(self, uri: str, token: str | None = None) -> None:
-        from pymilvus import MilvusClient
-
-        # pymilvus pings every 10 s even when idle; gRPC servers that keep the default ping policy (milvus-lite
-        # does) answer that with GOAWAY "too many pings" and the next call fails UNAVAILABLE. Ping only while
-        # calls are in flight, and rarely.
-        self._client = MilvusClient(uri=uri, token=token or "", grpc_options={
-            "grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False})
+        self._client = connect(uri, token)
         self._lock = threading.Lock()
         self._ready: set[str] = set()  # collections known to exist (created or seen)
         self._avgdl: dict[tuple[str, str], tuple[int, float, float]] = {}  # -> (count, avgdl, when)
