@@ -7,6 +7,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from configs.settings import Settings
+from kb.conversations import Conversations
 from kb.service import KnowledgeBaseManager
 from kb.types import Busy
 
@@ -44,6 +45,7 @@ class Services:
         # and other app processes on the same database run theirs.
         self.kbs = KnowledgeBaseManager(settings, workers=settings.max_jobs)
         self.jobs = self.kbs.jobs
+        self.conversations = Conversations(self.kbs.db)
         # Chats generating or waiting for the LLM, from the API and the UI together.
         self.chat_slots = Slots(settings.max_queued_chats, "chats queued for the model", "max_queued_chats")
         self._backend = backend

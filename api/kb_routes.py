@@ -76,8 +76,8 @@ def get_kb(name: str, request: Request) -> dict[str, Any]:
     return _services(request).kbs.get(name).info()
 
 
-@router.patch("/kb/{name}", summary="Change a knowledge base's own search settings (search mode, alpha, "
-             "threshold, top_k); null = follow the server's setting")
+@router.patch("/kb/{name}", summary="Change a knowledge base's own settings (search mode, alpha, threshold, "
+             "top_k, prompt); null = follow the server's setting (no prompt)")
 def update_kb(name: str, body: KBUpdate, request: Request) -> dict[str, Any]:
     kb = _services(request).kbs.get(name)
     return kb.update(**body.model_dump(exclude_unset=True))

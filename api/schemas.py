@@ -55,12 +55,14 @@ class EmbeddingRequest(BaseModel):
 
 # --- knowledge bases ------------------------------------------------------------------------
 class KBUpdate(BaseModel):
-    """A KB's own search settings; null ones follow the server's."""
+    """A KB's own settings; null search settings follow the server's, a null prompt means none."""
 
     search_mode: SearchMode | None = None
     hybrid_alpha: float | None = Field(None, ge=0.0, le=1.0)
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1, le=50)
+    prompt: str | None = Field(None, max_length=4000,
+                               description="Added to this KB's answer system prompt, after the app's rules")
 
 
 class KBCreate(KBUpdate):
@@ -121,10 +123,46 @@ def history_pairs(history: list[tuple[str, str]] | list[RoleMessage] | None) -> 
 
 
 def source_dict(hit: Hit) -> dict[str, Any]:
-    return {"file": hit.file, "page": hit.page, "score": round(float(hit.score), 4), "text": hit.text,
+    return {"kb": hit.kb, "file": hit.file, "file_id": hit.file_id, "page": hit.page,
+            "score": round(float(hit.score), 4), "text": hit.text,
             "heading": hit.heading, "chunk_id": hit.chunk_id}
 
 
 def hit_dict(hit: Hit) -> dict[str, Any]:
-    return source_dict(hit) | {"file_id": hit.file_id, "dense_score": hit.dense_score,
+    return source_dict(hit) | {"dense_score": hit.dense_score,
                                "keyword_score": hit.keyword_score, "rerank_score": hit.rerank_score}
+
+
+# --- conversations ----------------------------------------------------------------------------
+KBNames = list[str]
+
+
+class ConversationCreate(BaseModel):
+    title: str = Field("", max_length=200, description="Empty: named after its first question")
+    knowledge_bases: KBNames = Field(default_factory=list, max_length=16, description="[] = plain LLM chat")
+
+
+class ConversationUpdate(BaseModel):
+    title: str | None = Field(None, max_length=200)
+    knowledge_bases: KBNames | None = Field(None, max_length=16)
+
+
+class MessageCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"content": "什么是流水线并行？",
+                                                               "knowledge_bases": ["docs"]}]})
+    content: str = Field(..., min_length=1)
+    knowledge_bases: KBNames | None = Field(None, max_length=16,
+                                            description="Search these KBs from now on (default: the conversation's)")
+    replace_from: str | None = Field(None, max_length=32, description="Remove this message and all after it first "
+                                     "(re-ask an edited question, or regenerate the last answer)")
+    top_k: int | None = Field(None, ge=1, le=50)
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    search_mode: SearchMode | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, le=131072, description="Capped at the server's max_tokens setting")
+
+
+class FeedbackCreate(BaseModel):
+    rating: Literal[1, -1]
+    comment: str = Field("", max_length=4000)

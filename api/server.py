@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from starlette.routing import Match, Mount
 
-from api import kb_routes, legacy_routes, openai_routes
+from api import conversation_routes, kb_routes, legacy_routes, openai_routes
 from api.errors import APIError, install_error_handlers
 from api.legacy_routes import StreamSessions
 from api.security import AccessGuard, parse_ui_auth
@@ -25,6 +25,9 @@ DESCRIPTION = """Offline knowledge-base chat.
   `knowledge_base` to answer from a knowledge base; the response carries `sources` and `retrieval_query`),
   `POST /v1/embeddings`.
 * **/api/kb** — knowledge-base management; uploads run as jobs (`GET /api/jobs/{id}`).
+* **/api/conversations** — conversations kept on the server: ask with `POST /api/conversations/{id}/messages`
+  (SSE whose first event carries the sources, or JSON with `stream=false`), rate answers with
+  `POST /api/messages/{id}/feedback`.
 * **/api/chat**, **/api/stream_chat** — ChatGLM api.py protocol and its polling stream.
 
 When the server has `api_keys` (or `ui_auth`), every route but `GET /health` needs a credential: send
@@ -47,6 +50,7 @@ def create_app(services: Services) -> FastAPI:
     _serve_docs(app)
     app.include_router(openai_routes.router)
     app.include_router(kb_routes.router)
+    app.include_router(conversation_routes.router)
     app.include_router(legacy_routes.router)
 
     # The UI is mounted at "/" and would answer every unmatched path (including a wrong method on an API

@@ -1,6 +1,7 @@
 """Index backend scaling: commit cost, search latency and memory at 1k .. 1M chunks.
 
-    python -m bench.store [--backend local|milvus] [--uri http://host:19530] [--sizes 1000,100000,1000000] [--json]
+    python -m bench.store [--backend local|milvus] [--uri http://host:19530] [--sizes 1000,100000,1000000]
+                          [--root DIR --keep [--reuse]] [--json]
 
 Synthetic chunks: L2-normalised random 384-d vectors and 20-40-word texts drawn (Zipf-Mandelbrot, so some
 words are common and most rare, as in real text after stop words) from a vocabulary of 15k Chinese words
@@ -115,17 +116,21 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)) * 1000, 2)
 
 
-def measure(kind: str, uri: str | None, root: Path, size: int, procs: int) -> dict:
+def measure(kind: str, uri: str | None, root: Path, size: int, procs: int, reuse: bool = False) -> dict:
     index = f"bench_{size}"
     ix = backend(kind, uri, root)
-    ix.drop(index)
-    t = time.perf_counter()
-    # Building is CPU-bound in tokenisation, which each add does before its write transaction, so builder
-    # processes overlap it with each other's commits (and exercise several writers on one index).
-    with mp.get_context("spawn").Pool(procs) as pool:
-        added = sum(pool.starmap(build, [(kind, uri, root, index, p * BATCH, size, procs) for p in range(procs)]))
-    build_s = time.perf_counter() - t
-    assert added == size and ix.count(index) == size, (added, ix.count(index))
+    build_s = None
+    if not (reuse and ix.count(index) == size):  # measuring leaves an index as it was built
+        ix.drop(index)
+        t = time.perf_counter()
+        # Building is CPU-bound in tokenisation, which each add does before its write transaction, so builder
+        # processes overlap it with each other's commits (and exercise several writers on one index).
+        with mp.get_context("spawn").Pool(procs) as pool:
+            added = sum(pool.starmap(build, [(kind, uri, root, index, p * BATCH, size, procs)
+                                             for p in range(procs)]))
+        build_s = time.perf_counter() - t
+        assert added == size, added
+    assert ix.count(index) == size, ix.count(index)
     corpus = Corpus()
     rng = np.random.default_rng(1)
     qv = rng.standard_normal((100, DIM), dtype=np.float32)
@@ -137,9 +142,10 @@ def measure(kind: str, uri: str | None, root: Path, size: int, procs: int) -> di
     t = time.perf_counter()
     ix.search(index, qv[0], qt[0], K, "dense")
     load_s = time.perf_counter() - t
-    row: dict = {"backend": kind, "chunks": size, "build_s": round(build_s, 1),
-                 "build_per_s": round(size / build_s), "load_s": round(load_s, 2),
+    row: dict = {"backend": kind, "chunks": size, "load_s": round(load_s, 2),
                  "rss_mib": round(rss_mib()), "rss_delta_mib": round(rss_mib() - rss0)}
+    if build_s is not None:
+        row.update(build_s=round(build_s, 1), build_per_s=round(size / build_s))
     if kind == "local":
         row["disk_mib"] = round(sum(p.stat().st_size for p in root.glob(f"{index}.sqlite*")) / 2**20)
     for mode in ("dense", "keyword", "hybrid"):
@@ -186,6 +192,35 @@ def measure(kind: str, uri: str | None, root: Path, size: int, procs: int) -> di
     return row
 
 
+def commit_ratio(kind: str, uri: str | None, root: Path, sizes: list[int], rounds: int = 30) -> dict[str, float]:
+    """Commit cost of every size measured side by side: each round adds then deletes one 20-chunk file in every
+    index, in alternating order, so machine load (this VM's neighbours, other jobs) falls on all sizes alike.
+    Returns the median add and delete ms per size and the largest/smallest ratio."""
+    ix, corpus = backend(kind, uri, root), Corpus()
+    for size in sizes:  # open each index (a reader loads its vectors) before timing
+        ix.search(f"bench_{size}", corpus.batch(0, 1)[1][0], "", K, "dense")
+    adds: dict[int, list[float]] = {n: [] for n in sizes}
+    dels: dict[int, list[float]] = {n: [] for n in sizes}
+    for r in range(rounds):
+        for size in sizes if r % 2 == 0 else sizes[::-1]:
+            ids, vecs, texts = corpus.batch(10 * size + r * 20, 20)
+            t = time.perf_counter()
+            ix.add(f"bench_{size}", DIM, ids, vecs, texts)
+            adds[size].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ix.delete(f"bench_{size}", ids)
+            dels[size].append(time.perf_counter() - t)
+    ix.close()
+    out: dict[str, float] = {}
+    for size in sizes:
+        out[f"add20_ms@{size}"] = round(statistics.median(adds[size]) * 1000, 2)
+        out[f"delete20_ms@{size}"] = round(statistics.median(dels[size]) * 1000, 2)
+    lo, hi = min(sizes), max(sizes)
+    out["add_ratio"] = round(out[f"add20_ms@{hi}"] / out[f"add20_ms@{lo}"], 2)
+    out["delete_ratio"] = round(out[f"delete20_ms@{hi}"] / out[f"delete20_ms@{lo}"], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", choices=["local", "milvus"], default="local")
@@ -194,21 +229,29 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="builder processes")
     ap.add_argument("--root", type=Path, help="local: directory for the index files (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
+    ap.add_argument("--reuse", action="store_true", help="measure indexes kept by --keep instead of rebuilding")
     ap.add_argument("--json", action="store_true", help="print one JSON object per size instead of a table")
     args = ap.parse_args()
     if args.backend == "milvus" and not args.uri:
         ap.error("--backend milvus needs --uri")
     root = args.root or Path(tempfile.mkdtemp(prefix="bench_store_"))
     rows = []
+    sizes = [int(s) for s in args.sizes.split(",")]
+    ratio: dict[str, float] = {}
     try:
-        for size in (int(s) for s in args.sizes.split(",")):
-            rows.append(measure(args.backend, args.uri, root, size, args.procs))
-            if not args.keep:
-                ix = backend(args.backend, args.uri, root)
-                ix.drop(f"bench_{size}")
-                ix.close()
+        for size in sizes:
+            rows.append(measure(args.backend, args.uri, root, size, args.procs, args.reuse))
             if args.json:
                 print(json.dumps(rows[-1]), flush=True)
+        if len(sizes) > 1:
+            ratio = commit_ratio(args.backend, args.uri, root, sizes)
+            if args.json:
+                print(json.dumps(ratio), flush=True)
+        if not args.keep:
+            ix = backend(args.backend, args.uri, root)
+            for size in sizes:
+                ix.drop(f"bench_{size}")
+            ix.close()
     finally:
         if args.root is None and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -216,7 +259,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "load": os.getloadavg()}
-    (out / "store.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "store.json").write_text(json.dumps({"meta": meta, "rows": rows, "commit_ratio": ratio}, indent=1))
     if args.json:
         return
     cols = ["chunks", "build_s", "build_per_s", "disk_mib", "load_s", "rss_mib", "add20_ms", "delete20_ms",
@@ -226,6 +269,8 @@ def main() -> None:
     print(f"\nbackend={args.backend}\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    if ratio:
+        print("\ncommit cost side by side (median of 30 rounds): " + ", ".join(f"{k} {v}" for k, v in ratio.items()))
 
 
 if __name__ == "__main__":

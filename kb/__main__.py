@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from configs.settings import Settings, load_settings
 from kb.types import KBError
@@ -23,6 +25,14 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+def _or_none(kind: type) -> Callable[[str], Any]:
+    """An option value where '' means None (reset)."""
+    def parse(text: str) -> Any:
+        return None if text == "" else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _common()
     ap = argparse.ArgumentParser(prog="python -m kb", description="Knowledge bases from the command line")
@@ -33,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["dense", "keyword", "hybrid"])
     p.add_argument("--chunk-size", type=int)
     p.add_argument("--chunk-overlap", type=int)
+    # Only the options given are changed; '' resets one (search settings follow the app again, no KB prompt).
+    p = sub.add_parser("set", parents=[common], help="change a KB's own settings (search, prompt)",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("name")
+    p.add_argument("--mode", dest="search_mode", type=_or_none(str), choices=["dense", "keyword", "hybrid", None])
+    p.add_argument("--kb-alpha", dest="hybrid_alpha", type=_or_none(float), help="hybrid weight of the dense score")
+    p.add_argument("--threshold", dest="score_threshold", type=_or_none(float))
+    p.add_argument("--top-k", dest="top_k", type=_or_none(int))
+    p.add_argument("--prompt", type=_or_none(str), help="added to the answer system prompt of this KB")
     p = sub.add_parser("delete", parents=[common], help="delete a knowledge base and its files")
     p.add_argument("name")
     p = sub.add_parser("ingest", parents=[common], help="add files or folders (creates the KB if needed)")
@@ -59,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", parents=[common], help="load an exported KB here, without re-embedding")
     p.add_argument("file", type=Path)
     p.add_argument("--name", help="name for the imported KB (default: its exported name)")
+    p = sub.add_parser("feedback", parents=[common], help="rated answers, for review")
+    p.add_argument("action", choices=["export"])
+    p.add_argument("--kb", help="only answers from conversations over this KB")
+    p.add_argument("--rating", type=int, choices=[1, -1], help="only thumbs up (1) or down (-1)")
+    p.add_argument("--output", type=Path, help="write JSONL here instead of stdout")
     p = sub.add_parser("search", parents=[common], help="search a KB")
     p.add_argument("--kb", required=True)
     p.add_argument("query")
@@ -120,7 +144,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.prepare_dirs()
-    from kb.service import KnowledgeBaseManager
+    from kb.service import KB_SETTINGS, KnowledgeBaseManager
 
     if args.cmd == "eval":
         return _eval(args, settings)
@@ -131,6 +155,11 @@ def run(args: argparse.Namespace) -> int:
     elif args.cmd == "create":
         manager.create(args.name, search_mode=args.mode, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
         print(f"created knowledge base '{args.name}'")
+    elif args.cmd == "set":
+        values = {k: getattr(args, k) for k in KB_SETTINGS if hasattr(args, k)}
+        if not values:
+            raise KBError("nothing to set: give --mode, --kb-alpha, --threshold, --top-k or --prompt")
+        print(json.dumps(manager.get(args.name).update(**values), ensure_ascii=False))
     elif args.cmd == "delete":
         manager.delete(args.name)
         print(f"deleted knowledge base '{args.name}'")
@@ -178,6 +207,20 @@ def run(args: argparse.Namespace) -> int:
         for i, h in enumerate([] if args.json else hits, 1):
             page = f" p.{h.page}" if h.page else ""
             print(f"[{i}] {h.score:.3f} {h.file}{page}  {h.heading or ''}\n    {h.text[:200].replace(chr(10), ' ')}")
+    elif args.cmd == "feedback":
+        from kb.conversations import Conversations
+
+        rows = Conversations(manager.db).feedback(kb=args.kb, rating=args.rating)
+        out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+        n = 0
+        try:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        finally:
+            if args.output:
+                out.close()
+                print(f"wrote {n} rated answers to {args.output}", file=sys.stderr)
     elif args.cmd == "chat":
         return _chat(args, settings, manager)
     return 0

@@ -67,6 +67,8 @@ class KBRow(Base):
     hybrid_alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
     score_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     top_k: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Added to the answer system prompt of this KB (after the app's grounding rules, which it cannot replace).
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The live index generation; a rebuild fills ``building`` beside it (with ``building_settings``:
     # model, dim, chunking) and switches in one transaction.
     generation: Mapped[int] = mapped_column(Integer, default=1)
@@ -169,6 +171,54 @@ class DroppedIndex(Base):
 
     __tablename__ = "dropped_indexes"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class UserRow(Base):
+    """A person (or the built-in local admin that a one-person install acts as)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")  # admin | member
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_owner", "owner_id", "updated_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    kbs: Mapped[list[str]] = mapped_column(JSON, default=list)  # [] = plain chat
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class MessageRow(Base):
+    """One turn. An assistant message keeps what produced it: the retrieval query, the sources, the model and
+    generation settings, timings and token counts (``meta``)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("conversation_id", "seq"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # user | assistant
+    content: Mapped[str] = mapped_column(Text)
+    query: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    rating: Mapped[int] = mapped_column(Integer)  # 1 | -1
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 class Database:

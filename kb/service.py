@@ -159,6 +159,11 @@ class KnowledgeBase:
     def search_mode(self) -> str:
         return self.row().search_mode or self.settings.search_mode
 
+    @property
+    def prompt(self) -> str:
+        """Extra instructions for answers from this KB ("" = none)."""
+        return self.row().prompt or ""
+
     def info(self) -> dict[str, Any]:
         row = self.row()
         with self.db.read() as s:
@@ -173,7 +178,7 @@ class KnowledgeBase:
             "chunk_size": row.chunk_size, "chunk_overlap": row.chunk_overlap,
             "hybrid_alpha": _pick(row.hybrid_alpha, self.settings.hybrid_alpha),
             "score_threshold": _pick(row.score_threshold, self.settings.score_threshold),
-            "top_k": _pick(row.top_k, self.settings.top_k),
+            "top_k": _pick(row.top_k, self.settings.top_k), "prompt": row.prompt or "",
             "rebuilding": row.building is not None, "updated_at": row.updated_at,
         }
 
@@ -244,7 +249,7 @@ class KnowledgeBase:
             c, f = found[cid]
             hits.append(Hit(
                 text=c.text, score=round(score, 4), file=f.name, file_id=f.sha256 or "", page=c.page,
-                heading=c.heading, chunk_id=cid,
+                heading=c.heading, chunk_id=cid, kb=self.name,
                 dense_score=None if dense is None else round(dense, 4),
                 keyword_score=None if keyword is None else round(keyword, 4),
             ))
@@ -252,13 +257,9 @@ class KnowledgeBase:
 
     # --- settings ---------------------------------------------------------------------------
     def update(self, **values: Any) -> dict[str, Any]:
-        """Change the KB's own search settings: search_mode, hybrid_alpha, score_threshold, top_k (``None`` =
-        follow the app). Chunking changes only with a rebuild, so every chunk of a KB is cut the same way."""
-        allowed = {"search_mode", "hybrid_alpha", "score_threshold", "top_k"}
-        unknown = set(values) - allowed
-        if unknown:
-            raise KBError(f"unknown knowledge-base setting(s): {', '.join(sorted(unknown))}")
-        _check_kb_settings(values)
+        """Change the KB's own settings (``KB_SETTINGS``; ``None`` = follow the app, or no KB prompt). Chunking
+        changes only with a rebuild, so every chunk of a KB is cut the same way."""
+        _check_kb_settings(values, KB_SETTINGS)
         with self.db.session() as s:
             row = self.db.lock_kb(s, self.id)
             for k, v in values.items():
@@ -303,7 +304,7 @@ class KnowledgeBase:
         target = {"embedding_model": model, "dim": self.manager.embedder(model).dim,
                   "chunk_size": _pick(chunk_size, row.chunk_size),
                   "chunk_overlap": _pick(chunk_overlap, row.chunk_overlap), "title_prefix": row.title_prefix}
-        _check_kb_settings(target)
+        _check_kb_settings(target, tuple(target))
         return self.manager.jobs.submit("rebuild", row, {"target": target}, reserve)
 
     def rebuild(self, progress: Progress | None = None, embedding_model: str | None = None,
@@ -608,7 +609,18 @@ def _delete_files(s: Any, file_ids: list[int]) -> list[int]:
     return ids
 
 
-def _check_kb_settings(values: dict[str, Any]) -> None:
+# What a KB may set for itself after creation (chunking and the model change only with a rebuild).
+KB_SETTINGS = ("search_mode", "hybrid_alpha", "score_threshold", "top_k", "prompt")
+MAX_PROMPT_CHARS = 4000
+
+
+def _check_kb_settings(values: dict[str, Any], allowed: Sequence[str]) -> None:
+    unknown = set(values) - set(allowed)
+    if unknown:
+        raise KBError(f"unknown knowledge-base setting(s): {', '.join(sorted(unknown))}")
+    prompt = values.get("prompt")
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
+        raise KBError(f"prompt must be text of at most {MAX_PROMPT_CHARS} characters")
     mode = values.get("search_mode")
     if mode is not None and mode not in MODES:
         raise KBError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
@@ -703,7 +715,7 @@ class KnowledgeBaseManager:
                **settings: Any) -> KnowledgeBase:
         name = validate_kb_name(name)
         values = {"search_mode": search_mode, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, **settings}
-        _check_kb_settings(values)
+        _check_kb_settings(values, (*KB_SETTINGS, "chunk_size", "chunk_overlap"))
         if self.exists(name):
             if exist_ok:
                 return self.get(name)
@@ -713,9 +725,8 @@ class KnowledgeBaseManager:
         s_ = self.settings
         row = KBRow(name=name, embedding_model=model, dim=emb.dim,
                     chunk_size=_pick(chunk_size, s_.chunk_size), chunk_overlap=_pick(chunk_overlap, s_.chunk_overlap),
-                    title_prefix=s_.title_prefix, search_mode=search_mode, generation=1,
-                    hybrid_alpha=settings.get("hybrid_alpha"), score_threshold=settings.get("score_threshold"),
-                    top_k=settings.get("top_k"), created_at=time.time(), updated_at=time.time())
+                    title_prefix=s_.title_prefix, generation=1, created_at=time.time(), updated_at=time.time(),
+                    **{k: values.get(k) for k in KB_SETTINGS})
         if row.chunk_overlap >= row.chunk_size:
             raise KBError("chunk_overlap must be smaller than chunk_size")
         try:
@@ -839,8 +850,7 @@ class KnowledgeBaseManager:
             np.zeros((0, row.dim), dtype=np.float32)
         meta = {"format": EXPORT_FORMAT, "name": row.name, "embedding_model": row.embedding_model, "dim": row.dim,
                 "chunk_size": row.chunk_size, "chunk_overlap": row.chunk_overlap, "title_prefix": row.title_prefix,
-                "search_mode": row.search_mode, "hybrid_alpha": row.hybrid_alpha,
-                "score_threshold": row.score_threshold, "top_k": row.top_k}
+                **{k: getattr(row, k) for k in KB_SETTINGS}}
         dest.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as z:
             z.writestr("kb.json", json.dumps(meta, ensure_ascii=False, indent=1))
@@ -884,9 +894,8 @@ class KnowledgeBaseManager:
         if len(vectors) != len(chunks) or (len(vectors) and vectors.shape[1] != meta["dim"]):
             raise KBError("damaged knowledge base: vectors and chunks disagree")
         kb = self.create(name or meta["name"], embedding_model=meta["embedding_model"],
-                         search_mode=meta.get("search_mode"), chunk_size=meta.get("chunk_size"),
-                         chunk_overlap=meta.get("chunk_overlap"), hybrid_alpha=meta.get("hybrid_alpha"),
-                         score_threshold=meta.get("score_threshold"), top_k=meta.get("top_k"))
+                         chunk_size=meta.get("chunk_size"), chunk_overlap=meta.get("chunk_overlap"),
+                         **{k: meta.get(k) for k in KB_SETTINGS})
         if kb.embedder.dim != meta["dim"]:
             self.delete(kb.name)
             raise KBError(f"embedding model {meta['embedding_model']} here has dimension {kb.embedder.dim}, "

@@ -84,6 +84,7 @@ class Hit:
     dense_score: float | None = None
     keyword_score: float | None = None
     rerank_score: float | None = None
+    kb: str = ""  # the knowledge base it came from (a chat may search several)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

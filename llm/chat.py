@@ -16,6 +16,7 @@ CONDENSE_MAX_TOKENS = 64
 
 
 class Searchable(Protocol):
+    prompt: str  # the KB's own addition to the answer system prompt
     def params(self, top_k: int | None = None, threshold: float | None = None, mode: str | None = None) -> Any:
         """Effective search parameters (``.threshold`` is shown when nothing passes it)."""
 
@@ -31,7 +32,7 @@ class KBManager(Protocol):
 class ChatOptions:
     """Per-request overrides; ``None`` means "use the setting"."""
 
-    kb: str | None = None
+    kb: str | Sequence[str] | None = None  # one KB, or several searched together
     top_k: int | None = None
     threshold: float | None = None
     mode: str | None = None
@@ -67,6 +68,21 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def kb_names(kb: str | Sequence[str] | None) -> list[str]:
+    return [kb] if isinstance(kb, str) else list(dict.fromkeys(kb or []))
+
+
+def search_all(kbs: Sequence[Searchable], query: str, top_k: int | None = None, threshold: float | None = None,
+               mode: str | None = None) -> list[Any]:
+    """Search every KB; scores share one meaning, so hits merge by score alone (best first, the largest top-k
+    of the KBs kept)."""
+    if len(kbs) == 1:
+        return kbs[0].search(query, top_k=top_k, threshold=threshold, mode=mode)
+    want = max(kb.params(top_k, threshold, mode).top_k for kb in kbs)
+    hits = [h for kb in kbs for h in kb.search(query, top_k=top_k, threshold=threshold, mode=mode)]
+    return sorted(hits, key=lambda h: -h.score)[:want]
+
+
 class ChatService:
     def __init__(self, settings: Any, manager: KBManager | None, backend: LLMBackend):
         self.settings = settings
@@ -91,7 +107,7 @@ class ChatService:
         lang = prompts.detect_lang(question)
         run = _Run()
 
-        if not opts.kb:
+        if not kb_names(opts.kb):
             for piece in self.backend.stream(prompts.chat_messages(question, hist, lang), params, cancel):
                 yield run.token(piece)
             yield ChatEvent("done", {"answer": run.text, "sources": [], "query": question})
@@ -99,15 +115,15 @@ class ChatService:
 
         if self.manager is None:
             raise ValueError("knowledge-base chat needs a KB manager")
-        kb = self.manager.get(opts.kb)  # KBNotFound propagates: it is user-facing already
+        kbs = [self.manager.get(name) for name in kb_names(opts.kb)]  # KBNotFound: user-facing already
         query = question
         if hist and _pick(opts.condense, s.condense_question):
             query = self.condense(question, hist, lang, cancel)
         yield ChatEvent("query", query)
 
-        # Unset options follow the KB's own settings (its search mode, threshold...), then the app's.
-        threshold = kb.params(opts.top_k, opts.threshold, opts.mode).threshold
-        hits = kb.search(query, top_k=opts.top_k, threshold=opts.threshold, mode=opts.mode)
+        # Unset options follow each KB's own settings (its search mode, threshold...), then the app's.
+        threshold = kbs[0].params(opts.top_k, opts.threshold, opts.mode).threshold
+        hits = search_all(kbs, query, opts.top_k, opts.threshold, opts.mode)
         yield ChatEvent("sources", hits)
 
         if not hits:
@@ -121,10 +137,13 @@ class ChatService:
         else:
             # The answer prompt gets the original question (history gives it its context) and the retrieved
             # chunks found with the standalone query.
-            messages = prompts.kb_messages(question, hits, hist, lang)
+            kb_prompt = "\n".join(p for p in dict.fromkeys(kb.prompt.strip() for kb in kbs) if p)
+            messages = prompts.kb_messages(question, hits, hist, lang, kb_prompt)
             for piece in self.backend.stream(messages, params, cancel):
                 yield run.token(piece)
-        yield ChatEvent("done", {"answer": run.text, "sources": hits, "query": query})
+        answer, cited, invalid = check_citations(run.text, len(hits))
+        yield ChatEvent("done", {"answer": answer, "sources": hits, "query": query, "citations": cited,
+                                 "invalid_citations": invalid})
 
     def answer(self, question: str, history: Sequence[tuple[str, str]] = (), options: ChatOptions | None = None,
                cancel: threading.Event | None = None) -> tuple[str, list[Any], str]:
@@ -141,6 +160,28 @@ class ChatService:
         params = GenParams(temperature=0.0, top_p=1.0, max_tokens=CONDENSE_MAX_TOKENS, stop=["\n\n"])
         out = complete(self.backend, prompts.condense_messages(question, history, lang), params, cancel)
         return prompts.clean_condensed(out, question)
+
+
+_CITATION = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
+
+
+def check_citations(answer: str, n_sources: int) -> tuple[str, list[int], list[int]]:
+    """Check the ``[n]`` markers a model wrote against the ``n_sources`` sources it was given.
+
+    Returns the answer with every marker pointing at no source removed (``[2, 9]`` becomes ``[2]``), the source
+    numbers cited (in order of first use) and the invalid numbers removed. Small models invent markers
+    ("[5]" with three sources); a link to nothing would look like evidence."""
+    cited: list[int] = []
+    invalid: list[int] = []
+
+    def fix(m: re.Match[str]) -> str:
+        nums = [int(x) for x in re.split(r"\s*[,，、]\s*", m.group(1))]
+        good = [x for x in nums if 1 <= x <= n_sources]
+        invalid.extend(x for x in nums if x not in good and x not in invalid)
+        cited.extend(x for x in good if x not in cited)
+        return "".join(f"[{x}]" for x in good)
+
+    return _CITATION.sub(fix, answer), cited, invalid
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!#|~<>{}+\-.])")

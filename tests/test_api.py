@@ -181,6 +181,11 @@ def test_set_search_mode(http: httpx.Client, kb_upload: dict[str, Any]) -> None:
     assert http.get(f"/api/kb/{KB}").json()["search_mode"] == "dense"
     assert http.patch(f"/api/kb/{KB}", json={"search_mode": "hybrid"}).json()["search_mode"] == "hybrid"
     assert_error(http.patch(f"/api/kb/{KB}", json={"search_mode": "magic"}), 422)
+    r = http.patch(f"/api/kb/{KB}", json={"prompt": "Address the reader as 'you'."})
+    assert r.status_code == 200 and r.json()["prompt"] == "Address the reader as 'you'."
+    assert r.json()["search_mode"] == "hybrid"  # a PATCH changes only what it names
+    assert_error(http.patch(f"/api/kb/{KB}", json={"prompt": "x" * 4001}), 422)
+    assert http.patch(f"/api/kb/{KB}", json={"prompt": None}).json()["prompt"] == ""
 
 
 @pytest.mark.parametrize("name", ["../etc", "bad/name", "..", "-leading", "x" * 80, "a*b"])

@@ -49,6 +49,8 @@ class FakeLLM:
 
 
 class FakeKB:
+    prompt = ""
+
     def __init__(self, hits):
         self.hits = hits
         self.searches: list[tuple[str, int | None, float | None, str | None]] = []
@@ -150,7 +152,8 @@ def test_kb_flow_event_order_and_done(settings):
     events = run(ChatService(settings, manager, llm), ZH_Q, kb="docs", top_k=2, threshold=0.5, mode="dense")
     assert [e.type for e in events] == ["query", "sources", "token", "token", "token", "done"]
     assert events[0].data == ZH_Q and events[1].data == hits
-    assert events[-1].data == {"answer": "答案[1]。", "sources": hits, "query": ZH_Q}
+    assert events[-1].data == {"answer": "答案[1]。", "sources": hits, "query": ZH_Q, "citations": [1],
+                              "invalid_citations": []}
     assert manager.kb.searches == [(ZH_Q, 2, 0.5, "dense")]
 
 
@@ -289,3 +292,22 @@ def test_real_model_condenses_a_follow_up(qwen, tmp_path):
     query = svc.condense("它什么时候发布的？", history)
     assert "Langchain" in query or "Chatchat" in query, query
     assert query != "它什么时候发布的？"
+
+
+def test_citation_markers_pointing_at_no_source_are_removed():
+    from llm.chat import check_citations
+
+    text = "Quartz powers it [1]. Vasquez built it [2, 5]【3】. Output is 7.3 GW [9][1]."
+    clean, cited, invalid = check_citations(text, 3)
+    assert clean == "Quartz powers it [1]. Vasquez built it [2][3]. Output is 7.3 GW [1]."
+    assert cited == [1, 2, 3] and invalid == [5, 9]
+    assert check_citations("见[4]。", 0) == ("见。", [], [4])  # no sources: every marker is invented
+    assert check_citations("see [a] and [10 items]", 2)[0] == "see [a] and [10 items]"  # not markers
+
+
+def test_done_event_carries_the_checked_answer(settings):
+    llm = FakeLLM(("答案", "[1]", "[7]", "。"))
+    svc = ChatService(settings, FakeManager([hit("流水线并行把模型按层切分")]), llm)
+    done = [e for e in svc.stream("什么是流水线并行", [], ChatOptions(kb="docs")) if e.type == "done"][0]
+    assert done.data["answer"] == "答案[1]。" and done.data["citations"] == [1]
+    assert done.data["invalid_citations"] == [7]

@@ -53,6 +53,19 @@ def test_errors_are_one_line_not_tracebacks(tmp_path):
     assert bad.returncode == 2 and "invalid knowledge base name" in bad.stderr
 
 
+def test_set_changes_only_the_given_kb_settings_and_empty_resets(tmp_path):
+    data = tmp_path / "data"
+    kb_cli("create", "hr", "--mode", "keyword", data_dir=data)
+    out = json.loads(kb_cli("set", "hr", "--prompt", "用“您”称呼用户。", "--top-k", "7", data_dir=data).stdout)
+    assert (out["prompt"], out["top_k"], out["search_mode"]) == ("用“您”称呼用户。", 7, "keyword")
+    out = json.loads(kb_cli("set", "hr", "--prompt", "", "--mode", "", data_dir=data).stdout)
+    assert (out["prompt"], out["top_k"], out["search_mode"]) == ("", 7, "hybrid")  # mode follows the app again
+    bad = kb_cli("set", "hr", "--top-k", "0", data_dir=data, check=False)
+    assert bad.returncode == 2 and "top_k must be between 1 and 50" in bad.stderr
+    nothing = kb_cli("set", "hr", data_dir=data, check=False)
+    assert nothing.returncode == 2 and "nothing to set" in nothing.stderr
+
+
 def test_eval_prints_metrics_json_on_cmrc(tmp_path):
     proc = kb_cli("eval", str(RETRIEVAL / "cmrc2018-trial"), "--split", "test", "--limit-queries", "200",
                   "--json", data_dir=tmp_path / "data")

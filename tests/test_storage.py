@@ -19,7 +19,7 @@ import pytest
 
 from conftest import DOCUMENTS, REPO, make_settings
 from kb.service import KnowledgeBase, KnowledgeBaseManager
-from kb.types import LoadError
+from kb.types import KBError, LoadError
 from tests.rebuild_pause import RebuildThread, pause_before_last_file
 from tests.storage_checks import assert_consistent, write_legacy_kb
 
@@ -275,6 +275,36 @@ def test_chat_uses_the_kbs_own_search_mode(tmp_path):
     assert hits and all(h.dense_score is None and h.keyword_score is not None for h in hits)
     hits = service.answer("流水线并行是什么", options=ChatOptions(kb="kw", mode="dense"))[1]
     assert hits and all(h.keyword_score is None for h in hits)  # a request still overrides
+
+
+def test_kb_prompt_is_kept_with_the_kb_and_added_to_its_answer_prompt(tmp_path):
+    """A KB's own prompt (issue: "KBs with their own settings: ... prompt") is stored with the KB, survives a
+    restart and an export/import, and is added to the answer's system prompt without replacing its rules."""
+    from llm import prompts
+    from llm.chat import ChatOptions, ChatService
+    from tests.test_chat import FakeLLM
+
+    settings = make_settings(tmp_path / "data")
+    kb = KnowledgeBaseManager(settings).create("hr")
+    kb.ingest([ZH_MD])
+    rule = "回答时称呼用户为“您”，并在最后提醒以官方文档为准。"
+    assert kb.update(prompt=rule)["prompt"] == rule
+
+    mgr = KnowledgeBaseManager(settings)  # a restart
+    assert mgr.get("hr").info()["prompt"] == rule
+    llm = FakeLLM(("好的",))
+    ChatService(settings, mgr, llm).answer("流水线并行是什么", options=ChatOptions(kb="hr"))
+    system = llm.answer_calls()[-1][0][0]["content"]
+    assert system.startswith(prompts.KB_SYSTEM["zh"]) and rule in system
+
+    mgr.export_kb("hr", tmp_path / "hr.zip")
+    assert mgr.import_kb(tmp_path / "hr.zip", name="hr2").info()["prompt"] == rule
+
+    assert mgr.get("hr").update(prompt=None)["prompt"] == ""  # back to no KB prompt
+    ChatService(settings, mgr, llm).answer("流水线并行是什么", options=ChatOptions(kb="hr"))
+    assert llm.answer_calls()[-1][0][0]["content"] == prompts.KB_SYSTEM["zh"]
+    with pytest.raises(KBError, match="prompt"):
+        mgr.get("hr").update(prompt="x" * 5000)
 
 
 def test_rebuild_uses_the_chunking_recorded_with_the_kb(tmp_path):

@@ -233,6 +233,24 @@ def test_delete_kb_asks_for_confirmation(server: LiveServer, browser: object) ->
     page.context.close()
 
 
+def test_kb_prompt_and_search_mode_are_saved_from_the_kb_tab(server: LiveServer, browser: object) -> None:
+    server.services.kbs.create("tone", exist_ok=True)
+    page = open_page(browser, server.url, "en-US")
+    page.get_by_role("tab", name="Knowledge bases").click()
+    pick(page, "#kb-select", "tone")
+    pick(page, "#kb-mode", "keyword")
+    page.locator("#kb-prompt textarea").fill("Answer in one short paragraph.")
+    page.locator("#kb-set-mode").click()
+    expect(page.locator("#kb-status")).to_contain_text("Settings of 'tone' saved", timeout=30_000)
+    info = server.services.kbs.get("tone").info()
+    assert (info["prompt"], info["search_mode"]) == ("Answer in one short paragraph.", "keyword")
+    page.reload()  # what the page shows comes from the stored KB
+    page.get_by_role("tab", name="Knowledge bases").click()
+    pick(page, "#kb-select", "tone")
+    expect(page.locator("#kb-prompt textarea")).to_have_value("Answer in one short paragraph.")
+    page.context.close()
+
+
 def test_jobs_are_listed_and_cancelled_from_the_kb_tab(server: LiveServer, browser: object, tmp_path: Path) -> None:
     kbs = server.services.kbs
     kb = kbs.create("jobs-ui")

@@ -12,7 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from configs.settings import Settings
-from kb.service import MODES, KnowledgeBase
+from kb.service import MAX_PROMPT_CHARS, MODES, KnowledgeBase
 from kb.types import FileResult, Hit, KBError
 from services import Services
 from ui.common import as_text, user_errors
@@ -86,6 +86,8 @@ def build_kb_tab(services: Services) -> KBTab:
                            elem_id="kb-mode", scale=2)
         set_mode = gr.Button(t("kb_set_mode"), elem_id="kb-set-mode", scale=1)
         delete = gr.Button(t("kb_delete"), variant="stop", elem_id="kb-delete", scale=1)
+    kb_prompt = gr.Textbox(label=t("kb_prompt"), info=t("kb_prompt_info"), lines=2, max_length=MAX_PROMPT_CHARS,
+                           elem_id="kb-prompt")
     with gr.Group(visible=False, elem_id="kb-delete-confirm") as confirm_box:
         confirm_text = gr.Markdown(elem_id="kb-delete-ask")
         with gr.Row():
@@ -150,6 +152,7 @@ def build_kb_tab(services: Services) -> KBTab:
             gr.update(choices=names, value=name),
             info_markdown(current, lang),
             gr.update(value=current.search_mode if current else settings.search_mode),
+            kb_info.get("prompt", ""),
             files_table(file_recs, lang),
             gr.update(choices=[f["name"] for f in file_recs], value=None),
             *(gr.update(value=kb_info.get(k, getattr(settings, k))) for k in chunking),
@@ -159,7 +162,7 @@ def build_kb_tab(services: Services) -> KBTab:
         recent = services.jobs.list(kbs.get(name).id, 20) if name and kbs.exists(name) else []
         return jobs_table(recent, lang), gr.update(choices=[j["id"] for j in recent], value=None)
 
-    view_outputs = [kb, info, mode, files, file_pick, *chunking.values()]
+    view_outputs = [kb, info, mode, kb_prompt, files, file_pick, *chunking.values()]
 
     @user_errors
     def show(request: gr.Request, name: str | None) -> tuple[Any, ...]:
@@ -202,10 +205,11 @@ def build_kb_tab(services: Services) -> KBTab:
         return (*views(None, lang), gr.update(visible=False), msg("kb_deleted", lang, name=name))
 
     @user_errors
-    def change_mode(request: gr.Request, name: str | None, search_mode: str) -> tuple[str, str]:
+    def save_kb_settings(request: gr.Request, name: str | None, search_mode: str, prompt: str | None
+                         ) -> tuple[str, str]:
         lang = lang_of(request)
         current = need(name, lang)
-        current.update(search_mode=search_mode)
+        current.update(search_mode=search_mode, prompt=(prompt or "").strip() or None)
         return info_markdown(current, lang), msg("kb_mode_set", lang, name=current.name, mode=search_mode)
 
     def chunk_settings(values: tuple[Any, ...]) -> dict[str, Any]:
@@ -268,7 +272,7 @@ def build_kb_tab(services: Services) -> KBTab:
     delete.click(ask_delete, [kb], [confirm_box, confirm_text])
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, queue=False)
     deleted = confirm.click(delete_kb, [kb], [*view_outputs, confirm_box, status], api_name="delete_kb")
-    set_mode.click(change_mode, [kb, mode], [info, status])
+    set_mode.click(save_kb_settings, [kb, mode, kb_prompt], [info, status])
     # Progress is drawn once, on the results, not on every output of the event.
     # Writes run as jobs, queued per KB in the database: the UI adds no lock of its own, so uploads to different
     # KBs run side by side and a second upload to a busy KB waits its turn (listed under Jobs).

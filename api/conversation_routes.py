@@ -1,0 +1,194 @@
+"""Conversations kept in the app database: list, open, rename, delete, ask (streamed or not), rate answers.
+
+A question is answered with the conversation's own history; the answer is stored with its retrieval query,
+sources, model, generation settings, timings and token count. The stream's first event carries the sources
+(before any token), so a client can show them while the answer is written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, get_chat
+from api.errors import APIError, payload_for
+from api.schemas import ConversationCreate, ConversationUpdate, FeedbackCreate, MessageCreate, source_dict
+from llm.chat import ChatEvent, ChatOptions
+from services import Services
+
+router = APIRouter(prefix="/api", tags=["conversations"])
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _user(request: Request) -> int:
+    # Until user accounts exist every credential acts as the one local admin, so a one-person install keeps
+    # every conversation it makes, whether through the UI or a key.
+    return _services(request).conversations.local_admin()
+
+
+@router.get("/conversations", summary="Your conversations, most recent first; q= filters by title")
+def list_conversations(request: Request, q: str | None = Query(None, max_length=200)) -> dict[str, Any]:
+    services = _services(request)
+    return {"conversations": services.conversations.list(_user(request), q)}
+
+
+@router.post("/conversations", status_code=201, summary="Start a conversation (plain chat, or over KBs)")
+def create_conversation(body: ConversationCreate, request: Request) -> dict[str, Any]:
+    services = _services(request)
+    for name in body.knowledge_bases:
+        check_kb(services, name)
+    return services.conversations.create(_user(request), body.title, body.knowledge_bases)
+
+
+@router.get("/conversations/{cid}", summary="A conversation with its messages (sources, feedback)")
+def get_conversation(cid: str, request: Request) -> dict[str, Any]:
+    return _services(request).conversations.get(_user(request), cid)
+
+
+@router.patch("/conversations/{cid}", summary="Rename a conversation or change its knowledge bases")
+def update_conversation(cid: str, body: ConversationUpdate, request: Request) -> dict[str, Any]:
+    services = _services(request)
+    for name in body.knowledge_bases or []:
+        check_kb(services, name)
+    return services.conversations.update(_user(request), cid, body.title, body.knowledge_bases)
+
+
+@router.delete("/conversations/{cid}", summary="Delete a conversation with its messages and feedback")
+def delete_conversation(cid: str, request: Request) -> dict[str, Any]:
+    _services(request).conversations.delete(_user(request), cid)
+    return {"deleted": cid}
+
+
+@router.post("/messages/{message_id}/feedback", summary="Rate an answer: 1 (good) or -1 (bad), with a comment")
+def rate_message(message_id: str, body: FeedbackCreate, request: Request) -> dict[str, Any]:
+    return _services(request).conversations.rate(_user(request), message_id, body.rating, body.comment)
+
+
+@router.post("/conversations/{cid}/messages", response_model=None,
+             summary="Ask in a conversation: SSE (first event: sources; then tokens; then the stored answer), "
+                     "or the stored answer as JSON with stream=false")
+async def post_message(cid: str, body: MessageCreate, request: Request,
+                       stream: bool = Query(True)) -> JSONResponse | StreamingResponse:
+    services = _services(request)
+    store, user, s = services.conversations, _user(request), services.settings
+    conv = await run_in_threadpool(store.get, user, cid)  # 404 before anything else
+    kbs = conv["knowledge_bases"] if body.knowledge_bases is None else body.knowledge_bases
+    for name in kbs:
+        await run_in_threadpool(check_kb, services, name)
+    history = await run_in_threadpool(store.history, user, cid, body.replace_from)
+    # The prompt keeps history_turns turns; the rest stays in the database, never in the request to the model.
+    history = history[-s.history_turns:] if s.history_turns > 0 else []
+    chat = await run_in_threadpool(get_chat, services)
+    max_tokens = cap_max_tokens(services, body.max_tokens)
+    options = ChatOptions(kb=kbs, top_k=body.top_k, threshold=body.score_threshold, mode=body.search_mode,
+                          temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens)
+    run = ThreadedChat(services, chat, body.content, history, options)  # 413 / 429 before anything is stored
+    events = run.events()
+    try:
+        question = await run_in_threadpool(store.ask, user, cid, body.content, body.knowledge_bases,
+                                           body.replace_from)
+    except BaseException:
+        await events.aclose()
+        raise
+    answer = _Answer(services, cid, question["id"], kbs, options)
+
+    if not stream:
+        try:
+            async for ev in events:
+                answer.see(ev)
+        except BaseException:
+            answer.status = "error"  # keep the question answered (empty), so the conversation goes on
+            await run_in_threadpool(answer.store)
+            raise
+        finally:
+            await events.aclose()
+        stored = await run_in_threadpool(answer.store)
+        if stored is None:
+            raise APIError(409, "the conversation changed while this answer was written; it was not kept",
+                           "conversation_changed")
+        return JSONResponse(stored)
+
+    def sse(payload: dict[str, Any]) -> str:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    async def produce() -> AsyncIterator[str]:
+        sent_sources = False
+        try:
+            async for ev in events:
+                answer.see(ev)
+                if not sent_sources and ev.type in ("sources", "token", "done"):
+                    sent_sources = True
+                    yield sse({"type": "sources", "question": question, "query": answer.query,
+                               "sources": answer.sources})
+                if ev.type == "token" and ev.data:
+                    yield sse({"type": "token", "content": ev.data})
+            stored = await run_in_threadpool(answer.store)
+            yield sse({"type": "done", "message": stored})
+        except Exception as e:
+            answer.status = "error"
+            yield sse({"type": "error"} | payload_for(e)[1])
+        finally:
+            run.cancel()
+            await events.aclose()
+            if not answer.stored:  # client gone or an error: keep what was written, marked as such
+                if answer.status == "done":
+                    answer.status = "stopped"
+                answer.store()
+
+    return StreamingResponse(produce(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _Answer:
+    """What one generation produced, and storing it once."""
+
+    def __init__(self, services: Services, cid: str, question_id: str, kbs: list[str], options: ChatOptions):
+        s = services.settings
+        self.services, self.cid, self.question_id = services, cid, question_id
+        self.started = time.monotonic()
+        self.first_token: float | None = None
+        self.pieces: list[str] = []
+        self.final: str | None = None
+        self.query: str | None = None
+        self.sources: list[dict[str, Any]] = []
+        self.status = "done"
+        self.stored = False
+        self.meta: dict[str, Any] = {
+            "model": services.model_name(), "knowledge_bases": kbs,
+            "params": {"temperature": s.temperature if options.temperature is None else options.temperature,
+                       "top_p": s.top_p if options.top_p is None else options.top_p,
+                       "max_tokens": options.max_tokens, "top_k": options.top_k,
+                       "score_threshold": options.threshold, "search_mode": options.mode},
+        }
+
+    def see(self, ev: ChatEvent) -> None:
+        if ev.type == "query":
+            self.query = ev.data
+        elif ev.type == "sources":
+            self.sources = [source_dict(h) for h in ev.data]
+        elif ev.type == "token" and ev.data:
+            if self.first_token is None:
+                self.first_token = time.monotonic() - self.started
+            self.pieces.append(ev.data)
+        elif ev.type == "done":  # the answer with its [n] markers checked against the sources
+            self.final = ev.data["answer"]
+            self.meta |= {k: ev.data[k] for k in ("citations", "invalid_citations") if k in ev.data}
+
+    def store(self) -> dict[str, Any] | None:
+        self.stored = True
+        total = time.monotonic() - self.started
+        meta = self.meta | {"status": self.status, "completion_tokens": len(self.pieces),
+                            "timings": {"first_token_s": None if self.first_token is None else
+                                        round(self.first_token, 3), "total_s": round(total, 3)}}
+        content = "".join(self.pieces) if self.final is None else self.final
+        return self.services.conversations.add_answer(self.cid, self.question_id, content,
+                                                      self.query, self.sources, meta)
