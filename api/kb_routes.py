@@ -1,17 +1,21 @@
-"""Knowledge-base management: KBs, files (upload = background ingest job), rebuild, search, jobs."""
+"""Knowledge-base management: KBs, files (upload = background ingest job), rebuild, search, jobs, and the
+files behind citations (download, preview)."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.errors import APIError
 from api.schemas import KBCreate, KBUpdate, SearchRequest, hit_dict
 from api.uploads import receive_uploads
+from kb import preview
 from kb.embeddings import PACKAGED
 from kb.jobs import TERMINAL
 from kb.service import KnowledgeBase
@@ -157,3 +161,31 @@ def get_job(job_id: str, request: Request) -> dict[str, Any]:
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job (files already indexed stay)")
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     return _services(request).jobs.cancel(job_id)
+
+
+# --- citations: the original file and a preview of the cited place ---------------------------------------------
+@router.get("/files/{kb}/{file_id}", summary="Download a file of a knowledge base as it was uploaded "
+            "(file_id: a source's file_id, i.e. its sha256)", response_class=Response)
+def download_file(kb: str, file_id: str, request: Request) -> Response:
+    name, data, media = preview.original(_services(request).kbs.get(kb), file_id)
+    # Always an attachment: an uploaded HTML or SVG file must never run as a page of this origin.
+    quoted = urllib.parse.quote(Path(name).name)
+    return Response(data, media_type=media, headers={
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quoted}", "Cache-Control": "private, no-cache"})
+
+
+@router.get("/files/{kb}/{file_id}/preview", summary="Where a source points: for a PDF the page image to show, "
+            "otherwise the cited chunk among its neighbours")
+def preview_file(kb: str, file_id: str, request: Request,
+                 chunk: int | None = Query(None, ge=1, description="The source's chunk_id")) -> dict[str, Any]:
+    return preview.preview(_services(request).kbs.get(kb), file_id, chunk)
+
+
+@router.get("/files/{kb}/{file_id}/pages/{page}.png", summary="One PDF page as PNG, the cited chunk highlighted",
+            response_class=Response)
+def page_image(kb: str, file_id: str, page: int, request: Request,
+               chunk: int | None = Query(None, ge=1)) -> Response:
+    if page < 1:
+        raise APIError(400, "page numbers start at 1", "invalid_page")
+    png = preview.page_png(_services(request).kbs.get(kb), file_id, page, chunk)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import html
+import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -13,6 +14,7 @@ from llm import prompts
 from llm.backends.base import GenParams, LLMBackend, complete
 
 CONDENSE_MAX_TOKENS = 64
+log = logging.getLogger(__name__)
 
 
 class Searchable(Protocol):
@@ -68,6 +70,16 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+HISTORY_MARGIN = 48  # tokens for the chat template's role markers and for rounding in the estimate
+
+
+def estimate_tokens(text: str) -> int:
+    """For backends without a tokenizer (a remote server): a CJK character is about one token in current
+    tokenizers, other text about three characters; errs high, so the trimmed prompt fits."""
+    cjk = len(prompts.CJK.findall(text))
+    return cjk + (len(text) - cjk) // 3 + 1
+
+
 def kb_names(kb: str | Sequence[str] | None) -> list[str]:
     return [kb] if isinstance(kb, str) else list(dict.fromkeys(kb or []))
 
@@ -107,8 +119,11 @@ class ChatService:
         lang = prompts.detect_lang(question)
         run = _Run()
 
+        def plain(h: list[tuple[str, str]]) -> list[prompts.Message]:
+            return prompts.chat_messages(question, h, lang)
+
         if not kb_names(opts.kb):
-            for piece in self.backend.stream(prompts.chat_messages(question, hist, lang), params, cancel):
+            for piece in self.backend.stream(self.fit(plain, hist, params.max_tokens), params, cancel):
                 yield run.token(piece)
             yield ChatEvent("done", {"answer": run.text, "sources": [], "query": question})
             return
@@ -132,18 +147,43 @@ class ChatService:
                 yield run.token(prompts.no_hit_message(threshold, lang))
             else:
                 yield run.token(prompts.GENERAL_KNOWLEDGE_LABEL[lang] + "\n\n")
-                for piece in self.backend.stream(prompts.chat_messages(question, hist, lang), params, cancel):
+                for piece in self.backend.stream(self.fit(plain, hist, params.max_tokens), params, cancel):
                     yield run.token(piece)
         else:
             # The answer prompt gets the original question (history gives it its context) and the retrieved
             # chunks found with the standalone query.
             kb_prompt = "\n".join(p for p in dict.fromkeys(kb.prompt.strip() for kb in kbs) if p)
-            messages = prompts.kb_messages(question, hits, hist, lang, kb_prompt)
+            messages = self.fit(lambda h: prompts.kb_messages(question, hits, h, lang, kb_prompt), hist,
+                                params.max_tokens)
             for piece in self.backend.stream(messages, params, cancel):
                 yield run.token(piece)
         answer, cited, invalid = check_citations(run.text, len(hits))
         yield ChatEvent("done", {"answer": answer, "sources": hits, "query": query, "citations": cited,
                                  "invalid_citations": invalid})
+
+    def count_tokens(self, text: str) -> int:
+        count = getattr(self.backend, "count_tokens", None)
+        if count is not None:
+            try:
+                return int(count(text))
+            except Exception:  # a tokenizer hiccup must not fail the chat: the estimate errs high
+                log.warning("token count failed; estimating", exc_info=True)
+        return estimate_tokens(text)
+
+    def fit(self, build: Callable[[list[tuple[str, str]]], list[prompts.Message]], history: list[tuple[str, str]],
+            max_tokens: int) -> list[prompts.Message]:
+        """``build(history)`` with the oldest turns dropped until the prompt and ``max_tokens`` fit the model's
+        context window: a long conversation never fails with "prompt too long". The question, the documents and
+        the system prompt are never dropped (top_k bounds them)."""
+        if not history:
+            return build(history)
+        n_ctx = self.backend.info().get("n_ctx") or self.settings.n_ctx
+        room = n_ctx - max_tokens - HISTORY_MARGIN - sum(self.count_tokens(m["content"]) for m in build([]))
+        costs = [self.count_tokens(q) + self.count_tokens(a) + 8 for q, a in history]
+        keep = len(history)
+        while keep and sum(costs[len(history) - keep:]) > room:
+            keep -= 1
+        return build(history[len(history) - keep:])
 
     def answer(self, question: str, history: Sequence[tuple[str, str]] = (), options: ChatOptions | None = None,
                cancel: threading.Event | None = None) -> tuple[str, list[Any], str]:

@@ -14,14 +14,14 @@ from typing import Literal, Protocol
 Lang = Literal["zh", "en"]
 Message = dict[str, str]
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]")
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 
 
 def detect_lang(text: str) -> Lang:
     """'zh' when CJK characters make up a fair share of the text. A Latin word counts as two CJK characters,
     so "Langchain-Chatchat是什么" is Chinese and "What does 知识库 mean in this doc" is English."""
-    cjk = len(_CJK.findall(text))
+    cjk = len(CJK.findall(text))
     words = len(_LATIN_WORD.findall(text))
     if cjk == 0:
         return "en"

@@ -288,7 +288,7 @@ def test_kb_chat_non_streaming(oai: openai.OpenAI, kb_upload: dict[str, Any]) ->
     sources = r.model_extra["sources"]
     assert 1 <= len(sources) <= 2
     assert sources[0]["file"] == FACT_FILE and "purple quartz" in sources[0]["text"]
-    assert set(sources[0]) == {"file", "page", "score", "text", "heading", "chunk_id"}
+    assert set(sources[0]) == {"kb", "file", "file_id", "page", "score", "text", "heading", "chunk_id"}
     assert "Zorblat" in r.model_extra["retrieval_query"]
 
 

@@ -308,6 +308,40 @@ def test_citation_markers_pointing_at_no_source_are_removed():
 def test_done_event_carries_the_checked_answer(settings):
     llm = FakeLLM(("答案", "[1]", "[7]", "。"))
     svc = ChatService(settings, FakeManager([hit("流水线并行把模型按层切分")]), llm)
-    done = [e for e in svc.stream("什么是流水线并行", [], ChatOptions(kb="docs")) if e.type == "done"][0]
+    done = next(e for e in svc.stream("什么是流水线并行", [], ChatOptions(kb="docs")) if e.type == "done")
     assert done.data["answer"] == "答案[1]。" and done.data["citations"] == [1]
     assert done.data["invalid_citations"] == [7]
+
+
+def test_history_is_trimmed_by_tokens_to_fit_the_context_window(settings):
+    class SmallWindow(FakeLLM):
+        def info(self):
+            return {"backend": "fake", "model": "fake", "n_ctx": 1200}
+
+        def count_tokens(self, text):
+            return len(text)  # one token per character
+
+    llm = SmallWindow(("好",))
+    svc = ChatService(settings, None, llm)
+    history = [(f"问题{i}" + "问" * 100, f"回答{i}" + "答" * 100) for i in range(10)]  # ~210 tokens a turn
+    svc.answer("最后一个问题", history, ChatOptions(history_turns=10, max_tokens=100))
+    sent = llm.calls[-1][0]
+    used = sum(len(m["content"]) for m in sent)
+    assert used <= 1200 - 100
+    kept = [m["content"][:3] for m in sent if m["role"] == "user"][:-1]
+    assert kept and kept[-1] == "问题9" and "问题0" not in kept  # the newest turns stay, the oldest go
+    assert sent[-1]["content"] == "最后一个问题"
+
+
+def test_a_long_conversation_never_overflows_the_real_models_window(tmp_path):
+    """Bug: history was cut by turn count only; ten long turns overflowed n_ctx and the chat failed."""
+    from llm.backends import create_backend
+    from tests.conftest import make_settings
+
+    s = make_settings(tmp_path / "data", n_ctx=1024, max_tokens=16, history_turns=20)
+    s.prepare_dirs()
+    backend = create_backend(s)
+    history = [(f"Question {i}: tell me about topic {i}.", f"Topic {i} " + "is long and detailed. " * 60)
+               for i in range(10)]  # ~400 tokens per turn: 4,000 tokens of history for a 1,024-token window
+    answer, _, _ = ChatService(s, None, backend).answer("Summarise topic 9 in one line.", history)
+    assert answer.strip()

@@ -17,6 +17,7 @@ from tests.test_api import FACT_FILE, FACT_TEXT, assert_error
 from tests.test_cli import kb_cli
 
 ZH_MD = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__分布式训练技术原理.md"
+PDF = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__langchain.pdf"
 
 
 def read_sse(r: httpx.Response) -> list[dict[str, Any]]:
@@ -34,7 +35,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     mgr = KnowledgeBaseManager(make_settings(d / "data", max_tokens=24))
     mgr.create("facts").ingest([facts])
-    mgr.create("zh").ingest([ZH_MD])
+    mgr.create("zh").ingest([ZH_MD, PDF])
     mgr.close()
     return d / "data"
 
@@ -178,3 +179,28 @@ def test_one_chat_over_several_kbs_merges_hits_on_one_score(server: LiveServer) 
                                               ChatOptions(kb=["facts", "zh"], threshold=0.0)))
     sources = next(e.data for e in events if e.type == "sources")
     assert {h.kb for h in sources} == {"facts", "zh"} and events[-1].type == "done"
+
+
+def test_a_source_opens_at_its_page_highlighted_and_downloads(http: httpx.Client, data_dir: Path) -> None:
+    hits = http.post("/api/kb/zh/search", json={"query": "LangChain agents tools", "top_k": 10,
+                                                 "threshold": 0.0}).json()["hits"]
+    pdf_hit = next(h for h in hits if h["file"] == PDF.name and h["page"])
+    view = http.get(f"/api/files/zh/{pdf_hit['file_id']}/preview", params={"chunk": pdf_hit["chunk_id"]}).json()
+    assert (view["kind"], view["page"], view["file"]) == ("pdf", pdf_hit["page"], PDF.name)
+    marked = http.get(view["image"])
+    assert marked.status_code == 200 and marked.headers["content-type"] == "image/png"
+    assert marked.content.startswith(b"\x89PNG")
+    plain = http.get(f"/api/files/zh/{pdf_hit['file_id']}/pages/{pdf_hit['page']}.png")
+    assert plain.status_code == 200 and plain.content != marked.content  # the cited text is highlighted
+    assert_error(http.get(f"/api/files/zh/{pdf_hit['file_id']}/pages/999.png"), 400)
+
+    original = http.get(view["download"])
+    assert original.status_code == 200 and original.content == PDF.read_bytes()
+    assert original.headers["content-disposition"].startswith("attachment; filename*=UTF-8''Langchain-Chatchat__")
+
+    fact = http.post("/api/kb/facts/search", json={"query": "Zorblat reactor", "threshold": 0.0}).json()["hits"][0]
+    text_view = http.get(f"/api/files/facts/{fact['file_id']}/preview", params={"chunk": fact["chunk_id"]}).json()
+    assert text_view["kind"] == "text" and "image" not in text_view
+    assert [c["text"] for c in text_view["context"] if c["cited"]] == [fact["text"]]
+    assert_error(http.get("/api/files/facts/" + "0" * 64 + "/preview"), 404)
+    assert_error(http.get(f"/api/files/zh/{fact['file_id']}/preview"), 404)  # that file is in another KB

@@ -66,6 +66,8 @@ class LlamaCppBackend:
         except RuntimeError as e:
             raise LLMError(f"cannot load GGUF model {self.model_path}: {e} (is the file a complete GGUF?)") from e
         self._lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
 
     # --- public API -------------------------------------------------------------------------
     def stream(
@@ -105,6 +107,25 @@ class LlamaCppBackend:
     @property
     def api_key(self) -> str:
         return self._api_key
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` with the model's own tokenizer (llama.cpp's /tokenize on the private socket)."""
+        import httpx
+
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                address = self.listening_address
+                if self.socket_path is not None:
+                    transport = httpx.HTTPTransport(uds=str(self.socket_path))
+                    self._tokenizer = httpx.Client(transport=transport, base_url="http://llama", timeout=30)
+                else:
+                    base = address if "://" in address else f"http://{address}"
+                    self._tokenizer = httpx.Client(base_url=base, timeout=30)
+            client = self._tokenizer
+        r = client.post(self.api_prefix + "/tokenize", json={"content": text},
+                        headers={"Authorization": f"Bearer {self._api_key}"})
+        r.raise_for_status()
+        return len(r.json()["tokens"])
 
     # --- internals ----------------------------------------------------------------------------
     def _generate(self, body: dict[str, Any], cancel: threading.Event | None) -> Iterator[str]:

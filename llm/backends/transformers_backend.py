@@ -56,6 +56,9 @@ class TransformersBackend:
         self.n_ctx = int(getattr(self._model.config, "max_position_embeddings", 0) or 0) or None
         self._lock = threading.Lock()  # one generation at a time: CPU cores are the bottleneck anyway
 
+    def count_tokens(self, text: str) -> int:
+        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+
     def info(self) -> dict[str, Any]:
         return {"backend": "transformers", "model": self.name, "path": str(self.model_dir), "n_ctx": self.n_ctx}
 
