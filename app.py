@@ -9,8 +9,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from configs.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from kb.users import Users
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,17 +30,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def binding_problem(settings: Settings) -> str | None:
-    """Why the server must not start as configured, or None: a non-loopback bind needs a credential."""
+def binding_problem(settings: Settings, users: Users | None = None) -> str | None:
+    """Why the server must not start as configured, or None: a non-loopback bind needs a credential (a setting,
+    or user accounts in the database)."""
     from api.security import AccessPolicy, is_loopback
 
     if is_loopback(settings.host) or settings.insecure_no_auth:
         return None
-    if AccessPolicy.from_settings(settings).enabled:
+    if AccessPolicy.from_settings(settings, users).enabled:
         return None
     return (f"refusing to serve {settings.host} with no credential: anyone who can reach it could read and delete "
-            "every knowledge base. Set KBCHAT_API_KEYS='[\"<key>\"]' or KBCHAT_UI_AUTH=user:password, or pass "
-            "--insecure-no-auth if this network is trusted.")
+            "every knowledge base. Add a user (python -m kb users add NAME --admin), or set "
+            "KBCHAT_API_KEYS='[\"<key>\"]' or KBCHAT_UI_AUTH=user:password, or pass --insecure-no-auth if this "
+            "network is trusted.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(host=args.host, port=args.port, data_dir=args.data_dir, llm_model=args.llm_model,
                              embedding_model=args.embedding_model, insecure_no_auth=args.insecure_no_auth)
     try:
-        problem = binding_problem(settings)
+        from api.security import parse_ui_auth
+
+        parse_ui_auth(settings.ui_auth)
     except ValueError as e:  # a malformed ui_auth
-        problem = str(e)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     settings.prepare_dirs()  # offline switches and temp dirs before any heavy import
 
@@ -60,11 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     from llm.backends.base import LLMError
 
     try:
-        t = time.perf_counter()
-        step(f"loading embedding model '{settings.embedding_model}'")
         from services import Services
 
-        services = Services(settings)
+        services = Services(settings)  # the database: user accounts count as credentials
+        problem = binding_problem(settings, services.users)
+        if problem:
+            services.close()
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        t = time.perf_counter()
+        step(f"loading embedding model '{settings.embedding_model}'")
         services.kbs.embedder()
         step(f"embedding model ready ({time.perf_counter() - t:.1f}s)")
         t = time.perf_counter()

@@ -4,12 +4,13 @@ chat service (with its LLM, loaded once)."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from configs.settings import Settings
 from kb.conversations import Conversations
-from kb.service import KnowledgeBaseManager
+from kb.service import KnowledgeBase, KnowledgeBaseManager
 from kb.types import Busy
+from kb.users import Principal, Users
 
 if TYPE_CHECKING:
     from llm.backends.base import LLMBackend
@@ -45,6 +46,7 @@ class Services:
         # and other app processes on the same database run theirs.
         self.kbs = KnowledgeBaseManager(settings, workers=settings.max_jobs)
         self.jobs = self.kbs.jobs
+        self.users = Users(self.kbs.db)
         self.conversations = Conversations(self.kbs.db)
         # Chats generating or waiting for the LLM, from the API and the UI together.
         self.chat_slots = Slots(settings.max_queued_chats, "chats queued for the model", "max_queued_chats")
@@ -70,6 +72,18 @@ class Services:
 
                 self._chat = ChatService(self.settings, self.kbs, backend)
             return self._chat
+
+    def kb(self, who: Principal, name: str, write: bool = False) -> KnowledgeBase:
+        """A KB as ``who`` may use it: 404 when they may not read it, 403 when they may read but not change it."""
+        return self.users.kb(who, self.kbs, name, write)
+
+    def kb_names(self, who: Principal) -> list[str]:
+        return self.users.readable(who, self.kbs)
+
+    def ui_user(self, request: Any) -> Principal:
+        """Who a Gradio event acts for: the account it logged in as, else the local admin (settings
+        credentials, or an open install). AccessGuard already refused requests without a session."""
+        return self.users.login_name(getattr(request, "username", None))
 
     def close(self) -> None:
         self.kbs.close()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from api.errors import APIError, ModelUnavailable
+from kb.users import Principal
 from llm.backends.base import LLMError
 from llm.chat import ChatEvent, ChatOptions, ChatService
 from services import Services
@@ -51,10 +52,10 @@ def check_message_count(services: Services, count: int) -> None:
                        "too_many_messages")
 
 
-def check_kb(services: Services, name: str | None) -> None:
-    """Fail fast (404/400) before any generation starts or a stream is opened."""
+def check_kb(services: Services, who: Principal, name: str | None) -> None:
+    """Fail fast (404 also for a KB ``who`` may not read) before any generation starts or a stream is opened."""
     if name:
-        services.kbs.get(name)
+        services.kb(who, name)
 
 
 class ThreadedChat:

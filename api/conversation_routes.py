@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, get_chat
 from api.errors import APIError, payload_for
 from api.schemas import ConversationCreate, ConversationUpdate, FeedbackCreate, MessageCreate, source_dict
+from api.security import request_user
 from llm.chat import ChatEvent, ChatOptions
 from services import Services
 
@@ -30,9 +31,7 @@ def _services(request: Request) -> Services:
 
 
 def _user(request: Request) -> int:
-    # Until user accounts exist every credential acts as the one local admin, so a one-person install keeps
-    # every conversation it makes, whether through the UI or a key.
-    return _services(request).conversations.local_admin()
+    return request_user(request).id
 
 
 @router.get("/conversations", summary="Your conversations, most recent first; q= filters by title")
@@ -45,7 +44,7 @@ def list_conversations(request: Request, q: str | None = Query(None, max_length=
 def create_conversation(body: ConversationCreate, request: Request) -> dict[str, Any]:
     services = _services(request)
     for name in body.knowledge_bases:
-        check_kb(services, name)
+        check_kb(services, request_user(request), name)
     return services.conversations.create(_user(request), body.title, body.knowledge_bases)
 
 
@@ -58,7 +57,7 @@ def get_conversation(cid: str, request: Request) -> dict[str, Any]:
 def update_conversation(cid: str, body: ConversationUpdate, request: Request) -> dict[str, Any]:
     services = _services(request)
     for name in body.knowledge_bases or []:
-        check_kb(services, name)
+        check_kb(services, request_user(request), name)
     return services.conversations.update(_user(request), cid, body.title, body.knowledge_bases)
 
 
@@ -83,7 +82,7 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
     conv = await run_in_threadpool(store.get, user, cid)  # 404 before anything else
     kbs = conv["knowledge_bases"] if body.knowledge_bases is None else body.knowledge_bases
     for name in kbs:
-        await run_in_threadpool(check_kb, services, name)
+        await run_in_threadpool(check_kb, services, request_user(request), name)
     history = await run_in_threadpool(store.history, user, cid, body.replace_from)
     # The prompt keeps history_turns turns; the rest stays in the database, never in the request to the model.
     history = history[-s.history_turns:] if s.history_turns > 0 else []

@@ -13,12 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from api.errors import APIError
-from api.schemas import KBCreate, KBUpdate, SearchRequest, hit_dict
+from api.schemas import SHARING, KBCreate, KBUpdate, SearchRequest, hit_dict
+from api.security import request_user
 from api.uploads import receive_uploads
 from kb import preview
 from kb.embeddings import PACKAGED
 from kb.jobs import TERMINAL
 from kb.service import KnowledgeBase
+from kb.types import KBNotFound
 from services import Services
 
 router = APIRouter(prefix="/api", tags=["knowledge bases"])
@@ -59,7 +61,9 @@ async def _job_response(services: Services, job: dict[str, Any], wait: bool) -> 
 # --- knowledge bases -------------------------------------------------------------------------
 @router.get("/kb", summary="List knowledge bases")
 def list_kbs(request: Request) -> dict[str, Any]:
-    return {"knowledge_bases": _services(request).kbs.list()}
+    services = _services(request)
+    readable = set(services.kb_names(request_user(request)))
+    return {"knowledge_bases": [i for i in services.kbs.list() if i["name"] in readable]}
 
 
 @router.post("/kb", status_code=201, summary="Create a knowledge base")
@@ -70,33 +74,45 @@ def create_kb(body: KBCreate, request: Request) -> dict[str, Any]:
     if body.embedding_model is not None and body.embedding_model not in allowed:
         raise APIError(400, f"unknown embedding model '{body.embedding_model}': use one of {', '.join(allowed)}",
                        "invalid_embedding_model")
-    kb = services.kbs.create(body.name, embedding_model=body.embedding_model,
-                             **body.model_dump(exclude={"name", "embedding_model"}, exclude_none=True))
-    return kb.info()
+    who = request_user(request)
+    kb = services.kbs.create(body.name, embedding_model=body.embedding_model, owner_id=who.id,
+                             visibility=body.visibility or "private",
+                             **body.model_dump(exclude={"name", "embedding_model", *SHARING}, exclude_none=True))
+    if body.shared_with is not None:
+        services.users.share(who, kb, users=body.shared_with)
+    return kb.info() | services.users.sharing(kb)
 
 
 @router.get("/kb/{name}", summary="One knowledge base")
 def get_kb(name: str, request: Request) -> dict[str, Any]:
-    return _services(request).kbs.get(name).info()
+    services = _services(request)
+    kb = services.kb(request_user(request), name)
+    return kb.info() | services.users.sharing(kb)
 
 
 @router.patch("/kb/{name}", summary="Change a knowledge base's own settings (search mode, alpha, threshold, "
              "top_k, prompt); null = follow the server's setting (no prompt)")
 def update_kb(name: str, body: KBUpdate, request: Request) -> dict[str, Any]:
-    kb = _services(request).kbs.get(name)
-    return kb.update(**body.model_dump(exclude_unset=True))
+    services, who = _services(request), request_user(request)
+    kb = services.kb(who, name, write=True)
+    sharing = body.model_dump(include=SHARING, exclude_unset=True)
+    if sharing:
+        services.users.share(who, kb, sharing.get("visibility"), sharing.get("shared_with"))
+    settings = body.model_dump(exclude=SHARING, exclude_unset=True)
+    return (kb.update(**settings) if settings else kb.info()) | services.users.sharing(kb)
 
 
 @router.delete("/kb/{name}", summary="Delete a knowledge base and everything in it")
 def delete_kb(name: str, request: Request) -> dict[str, Any]:
-    _services(request).kbs.delete(name)
+    services = _services(request)
+    services.kbs.delete(services.kb(request_user(request), name, write=True).name)
     return {"deleted": name}
 
 
 # --- files -----------------------------------------------------------------------------------
 @router.get("/kb/{name}/files", summary="Files with status (indexed/failed), chunk counts and errors")
 def list_files(name: str, request: Request) -> dict[str, Any]:
-    return {"files": _services(request).kbs.get(name).files()}
+    return {"files": _services(request).kb(request_user(request), name).files()}
 
 
 @router.post("/kb/{name}/files", status_code=202, openapi_extra=_UPLOAD_BODY, response_model=None,
@@ -104,7 +120,8 @@ def list_files(name: str, request: Request) -> dict[str, Any]:
 async def upload_files(name: str, request: Request, wait: bool = _WAIT,
                        replace: bool = _REPLACE) -> JSONResponse:
     services = _services(request)
-    kb = await run_in_threadpool(services.kbs.get, name)  # 404 before reading a possibly large body
+    # 404/403 before reading a possibly large body
+    kb = await run_in_threadpool(services.kb, request_user(request), name, True)
     uploads = await receive_uploads(request, services.settings.tmp_dir)
 
     def submit() -> dict[str, Any]:
@@ -119,7 +136,7 @@ async def upload_files(name: str, request: Request, wait: bool = _WAIT,
 
 @router.delete("/kb/{name}/files/{file}", summary="Remove a file (by name or file id) and its chunks")
 def delete_file(name: str, file: str, request: Request) -> dict[str, Any]:
-    return _services(request).kbs.get(name).delete_file(file)
+    return _services(request).kb(request_user(request), name, write=True).delete_file(file)
 
 
 @router.post("/kb/{name}/rebuild", status_code=202, response_model=None,
@@ -129,14 +146,14 @@ async def rebuild_kb(name: str, request: Request, wait: bool = _WAIT,
                                                     "with the KB when the rebuild completes"),
                      chunk_overlap: int | None = Query(None, ge=0, le=1000)) -> JSONResponse:
     services = _services(request)
-    kb: KnowledgeBase = await run_in_threadpool(services.kbs.get, name)
+    kb: KnowledgeBase = await run_in_threadpool(services.kb, request_user(request), name, True)
     job = await run_in_threadpool(lambda: kb.submit_rebuild(chunk_size=chunk_size, chunk_overlap=chunk_overlap))
     return await _job_response(services, job, wait)
 
 
 @router.post("/kb/{name}/search", summary="Retrieve chunks (score in [0, 1], higher is more similar)")
 def search_kb(name: str, body: SearchRequest, request: Request) -> dict[str, Any]:
-    kb = _services(request).kbs.get(name)
+    kb = _services(request).kb(request_user(request), name)
     hits = kb.search(body.query, top_k=body.top_k, threshold=body.threshold, mode=body.mode)
     return {"query": body.query, "mode": body.mode or kb.search_mode, "hits": [hit_dict(h) for h in hits]}
 
@@ -145,14 +162,26 @@ def search_kb(name: str, body: SearchRequest, request: Request) -> dict[str, Any
 @router.get("/jobs", summary="Recent ingest/rebuild jobs, newest first (optionally of one KB)")
 def list_jobs(request: Request, kb: str | None = None,
               limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
-    services = _services(request)
-    kb_id = services.kbs.get(kb).id if kb else None
-    return {"jobs": services.jobs.list(kb_id, limit)}
+    services, who = _services(request), request_user(request)
+    kb_id = services.kb(who, kb).id if kb else None
+    readable = set(services.kb_names(who))
+    return {"jobs": [j for j in services.jobs.list(kb_id, limit) if j["kb"] in readable]}
 
 
 @router.get("/jobs/{job_id}", summary="Progress (files, chunks embedded) and results of an ingest/rebuild job")
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
-    job = _services(request).jobs.get(job_id)
+    return _job(request, job_id)
+
+
+def _job(request: Request, job_id: str, write: bool = False) -> dict[str, Any]:
+    """A job of a KB the caller may see (``write``: change); others do not exist for them."""
+    services = _services(request)
+    job = services.jobs.get(job_id)
+    try:
+        if job is not None:
+            services.kb(request_user(request), job["kb"], write)
+    except KBNotFound:
+        job = None
     if job is None:
         raise APIError(404, f"no job '{job_id}'", "not_found")
     return job
@@ -160,14 +189,14 @@ def get_job(job_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job (files already indexed stay)")
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-    return _services(request).jobs.cancel(job_id)
+    return _services(request).jobs.cancel(_job(request, job_id, write=True)["id"])
 
 
 # --- citations: the original file and a preview of the cited place ---------------------------------------------
 @router.get("/files/{kb}/{file_id}", summary="Download a file of a knowledge base as it was uploaded "
             "(file_id: a source's file_id, i.e. its sha256)", response_class=Response)
 def download_file(kb: str, file_id: str, request: Request) -> Response:
-    name, data, media = preview.original(_services(request).kbs.get(kb), file_id)
+    name, data, media = preview.original(_services(request).kb(request_user(request), kb), file_id)
     # Always an attachment: an uploaded HTML or SVG file must never run as a page of this origin.
     quoted = urllib.parse.quote(Path(name).name)
     return Response(data, media_type=media, headers={
@@ -178,7 +207,7 @@ def download_file(kb: str, file_id: str, request: Request) -> Response:
             "otherwise the cited chunk among its neighbours")
 def preview_file(kb: str, file_id: str, request: Request,
                  chunk: int | None = Query(None, ge=1, description="The source's chunk_id")) -> dict[str, Any]:
-    return preview.preview(_services(request).kbs.get(kb), file_id, chunk)
+    return preview.preview(_services(request).kb(request_user(request), kb), file_id, chunk)
 
 
 @router.get("/files/{kb}/{file_id}/pages/{page}.png", summary="One PDF page as PNG, the cited chunk highlighted",
@@ -187,5 +216,5 @@ def page_image(kb: str, file_id: str, page: int, request: Request,
                chunk: int | None = Query(None, ge=1)) -> Response:
     if page < 1:
         raise APIError(400, "page numbers start at 1", "invalid_page")
-    png = preview.page_png(_services(request).kbs.get(kb), file_id, page, chunk)
+    png = preview.page_png(_services(request).kb(request_user(request), kb), file_id, page, chunk)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

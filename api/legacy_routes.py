@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, collect, get_chat
 from api.errors import APIError
 from api.schemas import LegacyChatRequest, history_pairs, source_dict
+from api.security import request_user
 from llm.chat import ChatOptions
 from services import Services
 
@@ -53,7 +54,7 @@ def _reply(body: LegacyChatRequest, history: list[tuple[str, str]], answer: str,
 
 async def _start(request: Request, body: LegacyChatRequest, history: list[tuple[str, str]]) -> ThreadedChat:
     services: Services = request.app.state.services
-    await run_in_threadpool(check_kb, services, body.knowledge_base or None)
+    await run_in_threadpool(check_kb, services, request_user(request), body.knowledge_base or None)
     chat = await run_in_threadpool(get_chat, services)
     return ThreadedChat(services, chat, body.prompt, history, _options(services, body))
 

@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, check_message_count, collect, get_chat
 from api.errors import APIError, payload_for
 from api.schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest, source_dict
+from api.security import request_user
 from kb.embeddings import PACKAGED
+from kb.users import Principal
 from llm.chat import ChatEvent, ChatOptions
 from services import Services
 
@@ -34,20 +36,20 @@ def _model_entry(model_id: str, **extra: Any) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "local"} | extra
 
 
-def _list_models(services: Services) -> list[dict[str, Any]]:
+def _list_models(services: Services, who: Principal) -> list[dict[str, Any]]:
     models = [_model_entry(services.model_name())]
-    models += [_model_entry(KB_PREFIX + name, knowledge_base=name) for name in services.kbs.names()]
+    models += [_model_entry(KB_PREFIX + name, knowledge_base=name) for name in services.kb_names(who)]
     return models
 
 
 @router.get("/models", summary="The loaded LLM and one 'kb:<name>' entry per knowledge base")
 def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": _list_models(_services(request))}
+    return {"object": "list", "data": _list_models(_services(request), request_user(request))}
 
 
 @router.get("/models/{model_id:path}", summary="One model entry")
 def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    for m in _list_models(_services(request)):
+    for m in _list_models(_services(request), request_user(request)):
         if m["id"] == model_id:
             return m
     raise APIError(404, f"model '{model_id}' does not exist", "model_not_found")
@@ -122,7 +124,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
     check_message_count(services, len(body.messages))  # system messages count too, though not passed on
     question, history = split_messages(body.messages)
     kb = _kb_name(body)
-    await run_in_threadpool(check_kb, services, kb)
+    await run_in_threadpool(check_kb, services, request_user(request), kb)
     chat = await run_in_threadpool(get_chat, services)  # loads the model on first use
     max_tokens = cap_max_tokens(services, body.max_completion_tokens or body.max_tokens)
     options = ChatOptions(kb=kb, top_k=body.top_k, threshold=body.score_threshold, mode=body.search_mode,
@@ -191,9 +193,9 @@ async def _chain(first: list[ChatEvent], rest: AsyncIterator[ChatEvent]) -> Asyn
 
 
 # --- embeddings ------------------------------------------------------------------------------
-def _embedder_spec(services: Services, model: str | None) -> str:
+def _embedder_spec(services: Services, who: Principal, model: str | None) -> str:
     if model and model.startswith(KB_PREFIX):
-        return services.kbs.get(model[len(KB_PREFIX):]).row().embedding_model
+        return services.kb(who, model[len(KB_PREFIX):]).row().embedding_model
     if model in PACKAGED:
         return model
     # OpenAI clients send their own model names (text-embedding-3-small, ...): use the KB default model.
@@ -214,7 +216,7 @@ def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     if longest > s.max_embed_chars:
         raise APIError(413, f"input: a string has {longest} characters; the limit is {s.max_embed_chars} "
                        "(max_embed_chars)", "input_too_long")
-    spec = _embedder_spec(services, body.model)
+    spec = _embedder_spec(services, request_user(request), body.model)
     emb = services.kbs.embedder(spec)
     if body.dimensions is not None and body.dimensions != emb.dim:
         raise APIError(400, f"dimensions: model '{emb.name}' produces {emb.dim}-dimensional vectors", "invalid_input")

@@ -63,6 +63,12 @@ class KBUpdate(BaseModel):
     top_k: int | None = Field(None, ge=1, le=50)
     prompt: str | None = Field(None, max_length=4000,
                                description="Added to this KB's answer system prompt, after the app's rules")
+    visibility: Literal["private", "shared", "everyone"] | None = Field(
+        None, description="Who else may read it: nobody (private; new KBs), shared_with, or every user")
+    shared_with: list[str] | None = Field(None, max_length=1000, description="User names (with visibility 'shared')")
+
+
+SHARING = {"visibility", "shared_with"}  # KBUpdate fields that are access, not search settings
 
 
 class KBCreate(KBUpdate):

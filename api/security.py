@@ -38,11 +38,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
+from kb.types import KBNotFound
+from kb.users import LOCAL_ADMIN, Principal, Users
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_PREFIXES = ("/v1/", "/api/")
-SERVICE_USER = "api"  # the Gradio user name of requests authenticated by a key or Basic credentials
+SERVICE_USER = LOCAL_ADMIN  # the Gradio user name of requests authenticated by a settings key or Basic credentials
 
 # Without a credential, only these answer when credentials are configured: liveness and the login page.
 # The page at "/" renders Gradio's login form (Gradio serves it a config with no components when nobody is
@@ -93,18 +95,57 @@ def _equal(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Who may call the app: API keys and the UI account. Empty = open (loopback use)."""
+    """Who may call the app: the ``api_keys`` / ``ui_auth`` settings (they act as the local admin) and the user
+    accounts in the database (their passwords and keys). Nothing configured = open (loopback use), everyone
+    acting as the local admin. Whether logins are required is decided at start-up (``accounts``), so the API
+    and the UI's login page always agree; keys and passwords themselves are checked on every request."""
 
     api_keys: tuple[str, ...] = ()
     ui_account: tuple[str, str] | None = None
+    users: Users | None = None
+    accounts: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AccessPolicy:
-        return cls(tuple(k for k in settings.api_keys if k), parse_ui_auth(settings.ui_auth))
+    def from_settings(cls, settings: Any, users: Users | None = None) -> AccessPolicy:
+        return cls(tuple(k for k in settings.api_keys if k), parse_ui_auth(settings.ui_auth), users,
+                   users is not None and users.has_accounts())
 
     @property
     def enabled(self) -> bool:
-        return bool(self.api_keys or self.ui_account)
+        return bool(self.api_keys or self.ui_account or self.accounts)
+
+    def _admin(self) -> Principal | None:
+        return self.users.local_admin() if self.users is not None else None
+
+    def principal(self, authorization: str | None) -> Principal | None:
+        """Who an ``Authorization`` header authenticates (None: nobody). A settings credential is the local
+        admin; a user's key is that user."""
+        scheme, _, value = (authorization or "").partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and value and self.users is not None:
+            user = self.users.by_key(value)
+            if user is not None:
+                return user
+        return self._admin() if self.header_ok(authorization) else None
+
+    def ui_login(self, user: str, password: str) -> bool:
+        """The UI login form. A user account logs in with its password or one of its keys; any other name logs
+        in with the ``ui_auth`` account or a settings key (and acts as the local admin)."""
+        if self.users is not None:
+            try:
+                account = self.users.get(user)
+            except KBNotFound:
+                account = None
+            if account is not None and account.name != LOCAL_ADMIN:
+                if self.users.by_password(user, password) is not None:
+                    return True
+                by_key = self.users.by_key(password)
+                return by_key is not None and by_key.id == account.id
+        return self.login_ok(user, password)
+
+    def ui_principal(self, username: str | None) -> Principal | None:
+        """Who a UI session (or a Gradio request) acts for, from the name it logged in with."""
+        return self.users.login_name(username) if self.users is not None else None
 
     def key_ok(self, given: str) -> bool:
         ok = False
@@ -197,15 +238,15 @@ class BodyTooLarge(StarletteHTTPException):
 class AccessGuard:
     """The ASGI layer that applies the policy above to every request; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, settings: Any, gradio_app: Any | None):
+    def __init__(self, app: ASGIApp, settings: Any, gradio_app: Any | None, users: Users | None = None):
         self.app = app
-        self.policy = AccessPolicy.from_settings(settings)
+        self.policy = AccessPolicy.from_settings(settings, users)
         self.hosts = HostPolicy(settings.host, list(settings.allowed_hosts))
         self.cors_origins = {o.rstrip("/") for o in settings.cors_origins}
         self.limit_mb = settings.max_upload_mb
         self.limit = settings.max_upload_mb * 1024 * 1024
         self.gradio = gradio_app  # its login tokens say who has a UI session
-        self._service_token: str | None = None
+        self._service_tokens: dict[str, str] = {}  # user name -> Gradio session token of key-authenticated calls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -226,13 +267,21 @@ class AccessGuard:
         if is_closed(path):
             await self._reject(scope, send, 404, f"no route {method} {path}", "not_found")
             return
+        who = self.policy.ui_principal(None)  # open install, or a public route: the local admin
         if self.policy.enabled and not is_public(method, path):
-            if self.policy.header_ok(headers.get("authorization")):
-                scope = self._as_service_user(scope)
-            elif path.startswith(API_PREFIXES) or not self._ui_session(headers):
-                await self._reject(scope, send, 401, "authentication required: send 'Authorization: Bearer <key>' "
-                                   "(or log in to the web UI)", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
-                return
+            who = self.policy.principal(headers.get("authorization"))
+            if who is not None:
+                scope = self._as_user(scope, who)
+            else:
+                session_user = None if path.startswith(API_PREFIXES) else self._ui_session(headers)
+                if session_user is None:
+                    await self._reject(scope, send, 401, "authentication required: send 'Authorization: Bearer "
+                                       "<key>' (or log in to the web UI)", "invalid_api_key",
+                                       {"WWW-Authenticate": "Bearer"})
+                    return
+                who = self.policy.ui_principal(session_user)
+        # Routes read it as request.state.user (see request_user).
+        scope = dict(scope, state={**scope.get("state", {}), "user": who})
         if scope["type"] == "http" and self._declared_too_large(headers):
             await self._reject(scope, send, 413, BodyTooLarge(self.limit_mb).detail, "request_too_large")
             return
@@ -250,26 +299,29 @@ class AccessGuard:
         # Host and port must match; the scheme may not (a TLS-terminating proxy forwards https as http).
         return origin.partition("://")[2].lower() == headers.get("host", "").lower()
 
-    def _ui_session(self, headers: Headers) -> bool:
+    def _ui_session(self, headers: Headers) -> str | None:
+        """The user name of a logged-in UI session (None: no session)."""
         gradio = self.gradio
         if gradio is None:
-            return False
+            return None
         cookies = _cookies(headers.get("cookie", ""))
         for name in (f"access-token-{gradio.cookie_id}", f"access-token-unsecure-{gradio.cookie_id}"):
             token = cookies.get(name)
             if token and token in gradio.tokens:
-                return True
-        return False
+                return str(gradio.tokens[token])
+        return None
 
-    def _as_service_user(self, scope: Scope) -> Scope:
-        """Let a key-authenticated request into Gradio's own login checks as the service user."""
+    def _as_user(self, scope: Scope, who: Principal | None) -> Scope:
+        """Let a key-authenticated request into Gradio's own login checks as the user the key belongs to."""
         gradio = self.gradio
         if gradio is None or scope["path"].startswith(API_PREFIXES):
             return scope
-        if self._service_token is None or self._service_token not in gradio.tokens:
-            self._service_token = secrets.token_urlsafe(32)
-            gradio.tokens[self._service_token] = SERVICE_USER
-        cookie = f"access-token-unsecure-{gradio.cookie_id}={self._service_token}".encode()
+        name = who.name if who is not None else SERVICE_USER
+        token = self._service_tokens.get(name)
+        if token is None or token not in gradio.tokens:
+            token = self._service_tokens[name] = secrets.token_urlsafe(32)
+            gradio.tokens[token] = name
+        cookie = f"access-token-unsecure-{gradio.cookie_id}={token}".encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"cookie"] + [(b"cookie", cookie)]
         return dict(scope, headers=headers)
 
@@ -327,3 +379,11 @@ def _cookies(header: str) -> dict[str, str]:
         if sep:
             out[name] = value
     return out
+
+
+def request_user(request: Any) -> Principal:
+    """Who an API request acts for (set by AccessGuard; the local admin in an open install)."""
+    who = getattr(request.state, "user", None)
+    if who is None:
+        raise RuntimeError("request without a user: AccessGuard is not installed")
+    return who

@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from starlette.routing import Match, Mount
 
-from api import conversation_routes, kb_routes, legacy_routes, openai_routes
+from api import conversation_routes, kb_routes, legacy_routes, openai_routes, user_routes
 from api.errors import APIError, install_error_handlers
 from api.legacy_routes import StreamSessions
 from api.security import AccessGuard, parse_ui_auth
@@ -30,8 +30,9 @@ DESCRIPTION = """Offline knowledge-base chat.
   `POST /api/messages/{id}/feedback`.
 * **/api/chat**, **/api/stream_chat** — ChatGLM api.py protocol and its polling stream.
 
-When the server has `api_keys` (or `ui_auth`), every route but `GET /health` needs a credential: send
-`Authorization: Bearer <key>` (or HTTP Basic with the `ui_auth` account).
+When the server has user accounts (`python -m kb users add NAME`), `api_keys` or `ui_auth`, every route but
+`GET /health` needs a credential: send `Authorization: Bearer <key>` (a user's key, or one of `api_keys`), or HTTP
+Basic with the `ui_auth` account. **/api/me**, **/api/me/keys** and **/api/users** manage people and keys.
 """
 
 
@@ -51,6 +52,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(kb_routes.router)
     app.include_router(conversation_routes.router)
+    app.include_router(user_routes.router)
     app.include_router(legacy_routes.router)
 
     # The UI is mounted at "/" and would answer every unmatched path (including a wrong method on an API
@@ -71,7 +73,7 @@ def create_app(services: Services) -> FastAPI:
     _mount_ui(app, services)
 
     # Added last = outermost: CORS must also decorate the guard's 401/413 answers.
-    app.add_middleware(AccessGuard, settings=settings, gradio_app=gradio_app(app))
+    app.add_middleware(AccessGuard, settings=settings, gradio_app=gradio_app(app), users=services.users)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=False)

@@ -83,6 +83,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kb", help="only answers from conversations over this KB")
     p.add_argument("--rating", type=int, choices=[1, -1], help="only thumbs up (1) or down (-1)")
     p.add_argument("--output", type=Path, help="write JSONL here instead of stdout")
+    p = sub.add_parser("users", parents=[common], help="user accounts and their API keys")
+    users = p.add_subparsers(dest="action", required=True)
+    q = users.add_parser("add", parents=[common], help="add a user and print their first API key")
+    q.add_argument("user")
+    q.add_argument("--admin", action="store_true", help="role admin (default: member)")
+    q.add_argument("--password-stdin", action="store_true", help="read a UI password from stdin")
+    q = users.add_parser("key", parents=[common], help="issue another API key for a user and print it")
+    q.add_argument("user")
+    q.add_argument("--label", default="")
+    q = users.add_parser("passwd", parents=[common], help="set a user's UI password (read from stdin)")
+    q.add_argument("user")
+    q = users.add_parser("revoke", parents=[common], help="revoke an API key by its id (see 'users list')")
+    q.add_argument("key_id", type=int)
+    users.add_parser("list", parents=[common], help="users and their keys")
     p = sub.add_parser("search", parents=[common], help="search a KB")
     p.add_argument("--kb", required=True)
     p.add_argument("query")
@@ -221,8 +235,39 @@ def run(args: argparse.Namespace) -> int:
             if args.output:
                 out.close()
                 print(f"wrote {n} rated answers to {args.output}", file=sys.stderr)
+    elif args.cmd == "users":
+        return _users(args, manager)
     elif args.cmd == "chat":
         return _chat(args, settings, manager)
+    return 0
+
+
+def _users(args: argparse.Namespace, manager: Any) -> int:
+    from kb.users import Users
+
+    users = Users(manager.db)
+    admin = users.local_admin()  # the CLI runs on the server's own data: it acts as the local admin
+    if args.action == "add":
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+        user = users.add(args.user, "admin" if args.admin else "member", password)
+        key, _ = users.issue_key(user, "first key")
+        print(key)
+        print(f"added {user.role} '{user.name}'; the line above is their API key (shown once). A running app "
+              "started without any credential needs a restart to require logins.", file=sys.stderr)
+    elif args.action == "key":
+        key, _ = users.issue_key(users.get(args.user), args.label)
+        print(key)
+    elif args.action == "passwd":
+        users.set_password(args.user, sys.stdin.readline().rstrip("\n"))
+        print(f"password of '{args.user}' set", file=sys.stderr)
+    elif args.action == "revoke":
+        info = users.revoke_key(admin, args.key_id)
+        print(f"revoked key {info['id']} ({info['prefix']}…)")
+    else:
+        for u in users.list():
+            keys = [k for k in users.keys(users.get(u["name"])) if not k["revoked"]]
+            print(f"{u['name']:20} {u['role']:7} password={'yes' if u['has_password'] else 'no':3} keys: "
+                  + (", ".join(f"{k['id']}:{k['prefix']}…" for k in keys) or "-"))
     return 0
 
 

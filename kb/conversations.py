@@ -17,7 +17,6 @@ from sqlalchemy import delete, func, select, update
 from kb.db import ConversationRow, Database, FeedbackRow, MessageRow, UserRow
 from kb.types import KBConflict, KBError, KBNotFound
 
-LOCAL_ADMIN = "admin"  # the user a one-person install (no accounts, or the shared ui_auth / api_keys) acts as
 MAX_TITLE_CHARS = 200
 MAX_COMMENT_CHARS = 4000
 TITLE_FROM_QUESTION = 40  # a new conversation's title: the start of its first question
@@ -48,21 +47,6 @@ def _conversation(c: ConversationRow) -> dict[str, Any]:
 class Conversations:
     def __init__(self, db: Database):
         self.db = db
-        self._admin_id: int | None = None
-
-    # --- users (the accounts themselves come with roles; until then everyone is the local admin) ------------
-    def local_admin(self) -> int:
-        """Id of the built-in admin user, created on first use."""
-        if self._admin_id is None:
-            with self.db.session() as s:
-                uid = s.scalar(select(UserRow.id).where(UserRow.name == LOCAL_ADMIN))
-                if uid is None:
-                    row = UserRow(name=LOCAL_ADMIN, role="admin")
-                    s.add(row)
-                    s.flush()
-                    uid = row.id
-            self._admin_id = int(uid)
-        return self._admin_id
 
     # --- conversations ---------------------------------------------------------------------------------------
     def create(self, user: int, title: str = "", kbs: Sequence[str] = ()) -> dict[str, Any]:

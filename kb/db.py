@@ -69,6 +69,11 @@ class KBRow(Base):
     top_k: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Added to the answer system prompt of this KB (after the app's grounding rules, which it cannot replace).
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Who owns it (NULL: made before accounts existed, i.e. the local admin) and who else may read it:
+    # private | shared (with the users in kb_shares) | everyone (NULL means everyone: nothing changes for KBs
+    # made before accounts existed).
+    owner_id: Mapped[int | None] = mapped_column(Id, nullable=True)
+    visibility: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # The live index generation; a rebuild fills ``building`` beside it (with ``building_settings``:
     # model, dim, chunking) and switches in one transaction.
     generation: Mapped[int] = mapped_column(Integer, default=1)
@@ -182,6 +187,25 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(16), default="member")  # admin | member
     password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class ApiKeyRow(Base):
+    """A user's API key, stored as the SHA-256 of the key (the key itself is shown once, when issued)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in lists, so a user can tell keys apart
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class KBShareRow(Base):
+    __tablename__ = "kb_shares"
+    kb_id: Mapped[int] = mapped_column(ForeignKey("kbs.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
 
 
 class ConversationRow(Base):

@@ -712,7 +712,7 @@ class KnowledgeBaseManager:
 
     def create(self, name: str, embedding_model: str | None = None, search_mode: str | None = None,
                exist_ok: bool = False, chunk_size: int | None = None, chunk_overlap: int | None = None,
-               **settings: Any) -> KnowledgeBase:
+               owner_id: int | None = None, visibility: str | None = None, **settings: Any) -> KnowledgeBase:
         name = validate_kb_name(name)
         values = {"search_mode": search_mode, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, **settings}
         _check_kb_settings(values, (*KB_SETTINGS, "chunk_size", "chunk_overlap"))
@@ -726,6 +726,7 @@ class KnowledgeBaseManager:
         row = KBRow(name=name, embedding_model=model, dim=emb.dim,
                     chunk_size=_pick(chunk_size, s_.chunk_size), chunk_overlap=_pick(chunk_overlap, s_.chunk_overlap),
                     title_prefix=s_.title_prefix, generation=1, created_at=time.time(), updated_at=time.time(),
+                    owner_id=owner_id, visibility=visibility,
                     **{k: values.get(k) for k in KB_SETTINGS})
         if row.chunk_overlap >= row.chunk_size:
             raise KBError("chunk_overlap must be smaller than chunk_size")

@@ -78,17 +78,17 @@ class _Cancels:
 def build_chat_tab(services: Services) -> ChatTab:
     settings = services.settings
     cancels = _Cancels()
-    names = services.kbs.names()
 
+    # The KB choices depend on who is looking: they are filled when the page loads (refresh_kbs), never baked
+    # into the page config that every visitor receives.
     with gr.Row(equal_height=True):
         mode = gr.Radio(
-            [(t("mode_llm"), "llm"), (t("mode_kb"), "kb")], value="kb" if names else "llm",
+            [(t("mode_llm"), "llm"), (t("mode_kb"), "kb")], value="kb",
             label=t("chat_mode"), elem_id="chat-mode", scale=2,
         )
-        kb = gr.Dropdown(choices=names, value=names[0] if names else None, label=t("chat_kb"),
-                         elem_id="chat-kb", interactive=True, visible=bool(names), scale=3,
-                         allow_custom_value=True)
-    no_kb = gr.Markdown(t("chat_no_kb"), elem_id="chat-no-kb", visible=not names)
+        kb = gr.Dropdown(choices=[], value=None, label=t("chat_kb"), elem_id="chat-kb", interactive=True,
+                         visible=False, scale=3, allow_custom_value=True)
+    no_kb = gr.Markdown(t("chat_no_kb"), elem_id="chat-no-kb", visible=False)
     chatbot = gr.Chatbot(label=t("chatbot"), show_label=False, elem_id="chatbot", height=460, sanitize_html=True,
                          render_markdown=True, buttons=["copy"], feedback_options=None)
     history = gr.State([])  # (question, raw answer) pairs: what the model sees, without the sources footer
@@ -130,6 +130,13 @@ def build_chat_tab(services: Services) -> ChatTab:
             gr.Warning(msg("no_kb_chosen", lang))
             yield messages, hist, text
             return
+        if use_kb:
+            try:
+                services.kb(services.ui_user(request), kb_name)  # one the user may read (404 otherwise)
+            except KBError as e:
+                gr.Warning(str(e))
+                yield messages, hist, text
+                return
         options = ChatOptions(kb=kb_name if use_kb else None)
         for name, value in zip(param_names, values, strict=True):
             setattr(options, _OPTION_OF[name], coerce(settings, name, value))
@@ -203,9 +210,11 @@ def _llm_error() -> type[Exception]:
 
 
 @user_errors
-def refresh_kbs(services: Services, mode_value: str, current: str | None) -> tuple[Any, Any, Any]:
-    """New KB choices for the chat tab (mode, KB dropdown, no-KB hint), keeping ``current`` when it exists."""
-    names = services.kbs.names()
+def refresh_kbs(services: Services, request: gr.Request, mode_value: str, current: str | None
+                ) -> tuple[Any, Any, Any]:
+    """New KB choices for the chat tab (mode, KB dropdown, no-KB hint) of the KBs this user may read, keeping
+    ``current`` when it is one of them."""
+    names = services.kb_names(services.ui_user(request))
     value = current if current in names else (names[0] if names else None)
     if not names and mode_value == "kb":
         mode_value = "llm"

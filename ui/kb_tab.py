@@ -77,7 +77,7 @@ def build_kb_tab(services: Services) -> KBTab:
 
     with gr.Row(equal_height=True):
         # allow_custom_value: KBs created after start-up are valid for API clients too (handlers check names).
-        kb = gr.Dropdown(choices=kbs.names(), value=None, label=t("kb_select"), elem_id="kb-select", scale=4,
+        kb = gr.Dropdown(choices=[], value=None, label=t("kb_select"), elem_id="kb-select", scale=4,
                          allow_custom_value=True)
         refresh = gr.Button(t("kb_refresh"), elem_id="kb-refresh", scale=1, min_width=80)
     info = gr.Markdown(elem_id="kb-info")
@@ -94,7 +94,7 @@ def build_kb_tab(services: Services) -> KBTab:
             confirm = gr.Button(t("kb_delete_confirm"), variant="stop", elem_id="kb-delete-yes")
             cancel = gr.Button(t("kb_delete_cancel"), elem_id="kb-delete-no")
 
-    with gr.Accordion(t("kb_create_box"), open=not kbs.names(), elem_id="kb-create-box"):
+    with gr.Accordion(t("kb_create_box"), open=True, elem_id="kb-create-box"):
         with gr.Row(equal_height=True):
             new_name = gr.Textbox(label=t("kb_name"), placeholder=t("kb_name_ph"), elem_id="kb-new-name", scale=3)
             new_mode = gr.Dropdown(choices=list(MODES), value=settings.search_mode, label=t("kb_mode"),
@@ -136,14 +136,15 @@ def build_kb_tab(services: Services) -> KBTab:
     status = gr.Markdown(elem_id="kb-status")
 
     # --- handlers: thin wrappers around services.kbs -------------------------------------------------------
-    def need(name: str | None, lang: Lang) -> KnowledgeBase:
+    def need(request: gr.Request, name: str | None, lang: Lang, write: bool = False) -> KnowledgeBase:
+        """The KB as this user may use it (a KB they may not read does not exist for them)."""
         if not name:
             raise gr.Error(msg("kb_need", lang), print_exception=False)
-        return kbs.get(name)
+        return services.kb(services.ui_user(request), name, write)
 
-    def views(name: str | None, lang: Lang) -> tuple[Any, ...]:
+    def views(request: gr.Request, name: str | None, lang: Lang) -> tuple[Any, ...]:
         """KB dropdown, details, mode, file table, file picker and the KB's chunking for ``name`` (or the first)."""
-        names = kbs.names()
+        names = services.kb_names(services.ui_user(request))
         name = name if name in names else (names[0] if names else None)
         current = kbs.get(name) if name else None
         file_recs = current.files() if current else []
@@ -158,57 +159,63 @@ def build_kb_tab(services: Services) -> KBTab:
             *(gr.update(value=kb_info.get(k, getattr(settings, k))) for k in chunking),
         )
 
-    def job_views(name: str | None, lang: Lang) -> tuple[Any, Any]:
-        recent = services.jobs.list(kbs.get(name).id, 20) if name and kbs.exists(name) else []
+    def job_views(request: gr.Request, name: str | None, lang: Lang) -> tuple[Any, Any]:
+        recent = services.jobs.list(need(request, name, lang).id, 20) if name and kbs.exists(name) else []
         return jobs_table(recent, lang), gr.update(choices=[j["id"] for j in recent], value=None)
 
     view_outputs = [kb, info, mode, kb_prompt, files, file_pick, *chunking.values()]
 
     @user_errors
     def show(request: gr.Request, name: str | None) -> tuple[Any, ...]:
-        return views(name, lang_of(request))
+        return views(request, name, lang_of(request))
 
     @user_errors
     def on_load(request: gr.Request, name: str | None) -> tuple[Any, ...]:
         lang = lang_of(request)
-        return (*views(name, lang), results_table([], lang), hits_table([], lang), *job_views(name, lang))
+        return (*views(request, name, lang), results_table([], lang), hits_table([], lang),
+                *job_views(request, name, lang))
 
     @user_errors
     def show_jobs(request: gr.Request, name: str | None) -> tuple[Any, Any]:
-        return job_views(name, lang_of(request))
+        return job_views(request, name, lang_of(request))
 
     @user_errors
     def cancel_job(request: gr.Request, name: str | None, job_id: str | None) -> tuple[Any, ...]:
         lang = lang_of(request)
         if not job_id:
             raise gr.Error(msg("job_need", lang), print_exception=False)
+        job = services.jobs.get(job_id)
+        if job is None or job["kb"] != name:
+            raise KBError(msg("job_need", lang))
+        need(request, name, lang, write=True)
         job = services.jobs.cancel(job_id)
         status = "cancel requested" if job["status"] == "running" else job["status"]
-        return (*job_views(name, lang), msg("job_cancelled", lang, id=job_id, status=status))
+        return (*job_views(request, name, lang), msg("job_cancelled", lang, id=job_id, status=status))
 
     @user_errors
     def create_kb(request: gr.Request, name: str, search_mode: str, *chunk_values: Any) -> tuple[Any, ...]:
         lang = lang_of(request)
-        created = kbs.create((name or "").strip(), search_mode=search_mode, **chunk_settings(chunk_values))
-        return (*views(created.name, lang), msg("kb_created", lang, name=created.name), "")
+        created = kbs.create((name or "").strip(), search_mode=search_mode, owner_id=services.ui_user(request).id,
+                             visibility="private", **chunk_settings(chunk_values))
+        return (*views(request, created.name, lang), msg("kb_created", lang, name=created.name), "")
 
     @user_errors
     def ask_delete(request: gr.Request, name: str | None) -> tuple[Any, Any]:
         lang = lang_of(request)
-        current = need(name, lang)
+        current = need(request, name, lang, write=True)
         return gr.update(visible=True), msg("kb_delete_ask", lang, name=current.name)
 
     @user_errors
     def delete_kb(request: gr.Request, name: str | None) -> tuple[Any, ...]:
         lang = lang_of(request)
-        kbs.delete(need(name, lang).name)
-        return (*views(None, lang), gr.update(visible=False), msg("kb_deleted", lang, name=name))
+        kbs.delete(need(request, name, lang, write=True).name)
+        return (*views(request, None, lang), gr.update(visible=False), msg("kb_deleted", lang, name=name))
 
     @user_errors
     def save_kb_settings(request: gr.Request, name: str | None, search_mode: str, prompt: str | None
                          ) -> tuple[str, str]:
         lang = lang_of(request)
-        current = need(name, lang)
+        current = need(request, name, lang, write=True)
         current.update(search_mode=search_mode, prompt=(prompt or "").strip() or None)
         return info_markdown(current, lang), msg("kb_mode_set", lang, name=current.name, mode=search_mode)
 
@@ -220,7 +227,7 @@ def build_kb_tab(services: Services) -> KBTab:
     def upload_files(request: gr.Request, name: str | None, paths: list[str] | None, replace_same: bool,
                      progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's API
         lang = lang_of(request)
-        current = need(name, lang)
+        current = need(request, name, lang, write=True)
         if not paths:
             raise gr.Error(msg("upload_none", lang), print_exception=False)
         # Gradio keeps the browser's file name as the temp file's name; it becomes the file's name in the KB.
@@ -229,33 +236,33 @@ def build_kb_tab(services: Services) -> KBTab:
         out = current.ingest(uploaded, [p.name for p in uploaded], progress=lambda f, m: progress(f, desc=m),
                              replace=bool(replace_same))
         failed = sum(r.status == "failed" for r in out)
-        return (results_table(out, lang), None, *views(current.name, lang),
+        return (results_table(out, lang), None, *views(request, current.name, lang),
                 f"{len(out) - failed}/{len(out)} ✓" + (f" · {failed} ✗" if failed else ""))
 
     @user_errors
     def remove_file(request: gr.Request, name: str | None, file_name: str | None) -> tuple[Any, ...]:
         lang = lang_of(request)
-        current = need(name, lang)
+        current = need(request, name, lang, write=True)
         if not file_name:
             raise gr.Error(msg("file_need", lang), print_exception=False)
         current.delete_file(file_name)
-        return (*views(current.name, lang), msg("file_deleted", lang, name=as_text(file_name)))
+        return (*views(request, current.name, lang), msg("file_deleted", lang, name=as_text(file_name)))
 
     @user_errors
     def rebuild_kb(request: gr.Request, name: str | None, *chunk_values: Any,
                    progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's API
         lang = lang_of(request)
-        current = need(name, lang)
+        current = need(request, name, lang, write=True)
         progress(0.0, desc=msg("working", lang))
         out = current.rebuild(progress=lambda f, m: progress(f, desc=m), **chunk_settings(chunk_values))
-        return (results_table(out, lang), *views(current.name, lang),
+        return (results_table(out, lang), *views(request, current.name, lang),
                 msg("rebuilt", lang, name=current.name, n=len(out)))
 
     @user_errors
     def run_search(request: gr.Request, name: str | None, text: str, top_k: Any, threshold: Any,
                    search_mode: str) -> tuple[Any, str]:
         lang = lang_of(request)
-        current = need(name, lang)
+        current = need(request, name, lang)
         if not (text or "").strip():
             raise KBError(msg("empty_question", lang))
         found = current.search(text, top_k=coerce(settings, "top_k", top_k),

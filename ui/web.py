@@ -41,11 +41,11 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab(t("tab_kb"), id="kb", elem_id="tab-kb"):
                 kb = build_kb_tab(services)
 
-        def refresh_chat(mode_value: str, current: str | None) -> tuple[Any, ...]:
-            return refresh_kbs(services, mode_value, current)
+        def refresh_chat(request: gr.Request, mode_value: str, current: str | None) -> tuple[Any, ...]:
+            return refresh_kbs(services, request, mode_value, current)
 
-        def switch_chat(touched: str | None) -> tuple[Any, ...]:
-            return refresh_kbs(services, "kb", touched)
+        def switch_chat(request: gr.Request, touched: str | None) -> tuple[Any, ...]:
+            return refresh_kbs(services, request, "kb", touched)
 
         chat_io = ([chat.mode, chat.kb], chat.refresh_outputs())
         # Keep the chat tab's KB list in step with the KB tab: after create/delete/upload and on every visit.
@@ -75,9 +75,9 @@ def mount_options(services: Services) -> dict[str, Any]:
         "footer_links": ["settings"],  # Gradio's settings panel also lets a user switch the language by hand
         "show_error": True,
     }
-    policy = AccessPolicy.from_settings(s)
+    policy = AccessPolicy.from_settings(s, services.users)
     if policy.enabled:  # the UI's login form checks the same credentials as the rest of the app
-        opts["auth"] = policy.login_ok
+        opts["auth"] = policy.ui_login
         opts["auth_message"] = " / ".join(TEXT["login_help"])  # plain text: the login page is not translated
     opts["run_history"] = False  # it could connect to an outside bucket; we keep nothing in the browser
     return opts
