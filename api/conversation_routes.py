@@ -8,7 +8,6 @@ sources, model, generation settings, timings and token count. The stream's first
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, get_chat
 from api.errors import APIError, payload_for
-from api.schemas import ConversationCreate, ConversationUpdate, FeedbackCreate, MessageCreate, source_dict
+from api.schemas import ConversationCreate, ConversationUpdate, FeedbackCreate, MessageCreate
 from api.security import request_user
-from llm.chat import ChatEvent, ChatOptions
+from kb.conversations import AnswerRecorder
+from llm.chat import ChatOptions
 from services import Services
 
 router = APIRouter(prefix="/api", tags=["conversations"])
@@ -98,7 +98,8 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
     except BaseException:
         await events.aclose()
         raise
-    answer = _Answer(services, cid, question["id"], kbs, options)
+    answer = AnswerRecorder(services.conversations, services.model_name(), services.settings, cid,
+                            question["id"], kbs, options)
 
     if not stream:
         try:
@@ -106,11 +107,11 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
                 answer.see(ev)
         except BaseException:
             answer.status = "error"  # keep the question answered (empty), so the conversation goes on
-            await run_in_threadpool(answer.store)
+            await run_in_threadpool(answer.save)
             raise
         finally:
             await events.aclose()
-        stored = await run_in_threadpool(answer.store)
+        stored = await run_in_threadpool(answer.save)
         if stored is None:
             raise APIError(409, "the conversation changed while this answer was written; it was not kept",
                            "conversation_changed")
@@ -130,7 +131,7 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
                                "sources": answer.sources})
                 if ev.type == "token" and ev.data:
                     yield sse({"type": "token", "content": ev.data})
-            stored = await run_in_threadpool(answer.store)
+            stored = await run_in_threadpool(answer.save)
             yield sse({"type": "done", "message": stored})
         except Exception as e:
             answer.status = "error"
@@ -141,53 +142,7 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
             if not answer.stored:  # client gone or an error: keep what was written, marked as such
                 if answer.status == "done":
                     answer.status = "stopped"
-                answer.store()
+                answer.save()
 
     return StreamingResponse(produce(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-class _Answer:
-    """What one generation produced, and storing it once."""
-
-    def __init__(self, services: Services, cid: str, question_id: str, kbs: list[str], options: ChatOptions):
-        s = services.settings
-        self.services, self.cid, self.question_id = services, cid, question_id
-        self.started = time.monotonic()
-        self.first_token: float | None = None
-        self.pieces: list[str] = []
-        self.final: str | None = None
-        self.query: str | None = None
-        self.sources: list[dict[str, Any]] = []
-        self.status = "done"
-        self.stored = False
-        self.meta: dict[str, Any] = {
-            "model": services.model_name(), "knowledge_bases": kbs,
-            "params": {"temperature": s.temperature if options.temperature is None else options.temperature,
-                       "top_p": s.top_p if options.top_p is None else options.top_p,
-                       "max_tokens": options.max_tokens, "top_k": options.top_k,
-                       "score_threshold": options.threshold, "search_mode": options.mode},
-        }
-
-    def see(self, ev: ChatEvent) -> None:
-        if ev.type == "query":
-            self.query = ev.data
-        elif ev.type == "sources":
-            self.sources = [source_dict(h) for h in ev.data]
-        elif ev.type == "token" and ev.data:
-            if self.first_token is None:
-                self.first_token = time.monotonic() - self.started
-            self.pieces.append(ev.data)
-        elif ev.type == "done":  # the answer with its [n] markers checked against the sources
-            self.final = ev.data["answer"]
-            self.meta |= {k: ev.data[k] for k in ("citations", "invalid_citations") if k in ev.data}
-
-    def store(self) -> dict[str, Any] | None:
-        self.stored = True
-        total = time.monotonic() - self.started
-        meta = self.meta | {"status": self.status, "completion_tokens": len(self.pieces),
-                            "timings": {"first_token_s": None if self.first_token is None else
-                                        round(self.first_token, 3), "total_s": round(total, 3)}}
-        content = "".join(self.pieces) if self.final is None else self.final
-        return self.services.conversations.add_answer(self.cid, self.question_id, content,
-                                                      self.query, self.sources, meta)

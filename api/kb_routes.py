@@ -4,13 +4,14 @@ files behind citations (download, preview)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from api.errors import APIError
 from api.schemas import SHARING, KBCreate, KBUpdate, SearchRequest, hit_dict
@@ -218,3 +219,32 @@ def page_image(kb: str, file_id: str, page: int, request: Request,
         raise APIError(400, "page numbers start at 1", "invalid_page")
     png = preview.page_png(_services(request).kb(request_user(request), kb), file_id, page, chunk)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+# The same files for the web UI: a browser session (cookie) may use these paths, never /api (see AccessGuard).
+ui_router = APIRouter(prefix="/ui", include_in_schema=False)
+ui_router.get("/files/{kb}/{file_id}", response_class=Response)(download_file)
+ui_router.get("/pages/{kb}/{file_id}/{page}.png", response_class=Response)(page_image)
+
+
+@ui_router.get("/preview/{kb}/{file_id}", response_class=HTMLResponse)
+def preview_page(kb: str, file_id: str, request: Request, chunk: int | None = Query(None, ge=1)) -> HTMLResponse:
+    """A cited place as a page: the PDF page with the chunk highlighted, or the chunk among its neighbours."""
+    view = preview.preview(_services(request).kb(request_user(request), kb), file_id, chunk)
+    esc = html.escape
+    base = f"/ui/files/{urllib.parse.quote(kb)}/{urllib.parse.quote(file_id)}"
+    where = esc(view["file"]) + (f" · p.{view['page']}" if view["page"] else "")
+    if view["kind"] == "pdf":
+        query = f"?chunk={chunk}" if chunk else ""
+        src = f"/ui/pages/{urllib.parse.quote(kb)}/{urllib.parse.quote(file_id)}/{view['page'] or 1}.png{query}"
+        body = f'<img id="preview-page" src="{esc(src)}" alt="{where}">'
+    else:
+        body = "".join(f'<p{" id=cited" if c["cited"] else ""}>{"<mark>" if c["cited"] else ""}'
+                       f'{esc(c["text"]).replace(chr(10), "<br>")}{"</mark>" if c["cited"] else ""}</p>'
+                       for c in view["context"])
+    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{where}</title>'
+            '<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem}'
+            'img{max-width:100%;border:1px solid #ccc}mark{background:#fff3a0}</style></head><body>'
+            f'<h3 id="preview-title">{where}</h3><p><a id="preview-download" href="{esc(base)}">'
+            f'download the original</a></p>{body}</body></html>')
+    return HTMLResponse(page)

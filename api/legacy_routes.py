@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, collect, get_chat
 from api.errors import APIError
-from api.schemas import LegacyChatRequest, history_pairs, source_dict
+from api.schemas import LegacyChatRequest, history_pairs
 from api.security import request_user
 from llm.chat import ChatOptions
 from services import Services
@@ -48,7 +48,7 @@ def _reply(body: LegacyChatRequest, history: list[tuple[str, str]], answer: str,
     out: dict[str, Any] = {"response": answer, "history": [list(p) for p in history] + [[body.prompt, answer]]}
     out |= extra | {"status": 200, "time": _now()}
     if body.knowledge_base:
-        out["sources"] = [source_dict(h) for h in sources]
+        out["sources"] = [h.source() for h in sources]
     return out
 
 

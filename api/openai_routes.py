@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.chat_runner import ThreadedChat, cap_max_tokens, check_kb, check_message_count, collect, get_chat
 from api.errors import APIError, payload_for
-from api.schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest, source_dict
+from api.schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest
 from api.security import request_user
 from kb.embeddings import PACKAGED
 from kb.users import Principal
@@ -141,7 +141,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": done["answer"]},
                          "finish_reason": _finish_reason(tokens, max_tokens)}],
-            "sources": [source_dict(h) for h in done["sources"]],
+            "sources": [h.source() for h in done["sources"]],
             "retrieval_query": done["query"] if kb else None,
         })
 
@@ -171,7 +171,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
                 elif ev.type == "done":
                     done = ev.data
                     yield chunk({}, _finish_reason(tokens, max_tokens),
-                                sources=[source_dict(h) for h in done["sources"]],
+                                sources=[h.source() for h in done["sources"]],
                                 retrieval_query=done["query"] if kb else None)
             yield "data: [DONE]\n\n"
         except Exception as e:

@@ -128,14 +128,8 @@ def history_pairs(history: list[tuple[str, str]] | list[RoleMessage] | None) -> 
     return [(str(q), str(a)) for q, a in history]  # type: ignore[misc]
 
 
-def source_dict(hit: Hit) -> dict[str, Any]:
-    return {"kb": hit.kb, "file": hit.file, "file_id": hit.file_id, "page": hit.page,
-            "score": round(float(hit.score), 4), "text": hit.text,
-            "heading": hit.heading, "chunk_id": hit.chunk_id}
-
-
 def hit_dict(hit: Hit) -> dict[str, Any]:
-    return source_dict(hit) | {"dense_score": hit.dense_score,
+    return hit.source() | {"dense_score": hit.dense_score,
                                "keyword_score": hit.keyword_score, "rerank_score": hit.rerank_score}
 
 

@@ -51,6 +51,7 @@ def create_app(services: Services) -> FastAPI:
     _serve_docs(app)
     app.include_router(openai_routes.router)
     app.include_router(kb_routes.router)
+    app.include_router(kb_routes.ui_router)
     app.include_router(conversation_routes.router)
     app.include_router(user_routes.router)
     app.include_router(legacy_routes.router)

@@ -212,3 +212,57 @@ def _check_title(title: str) -> str:
     if len(title) > MAX_TITLE_CHARS:
         raise KBError(f"title: at most {MAX_TITLE_CHARS} characters")
     return title
+
+
+class AnswerRecorder:
+    """What one generation produced (from its ChatEvents), stored once as the answer to ``question_id``; the UI
+    and the API both record through it."""
+
+    def __init__(self, store: Conversations, model: str, settings: Any, cid: str, question_id: str,
+                 kbs: Sequence[str], options: Any):
+        self.store, self.cid, self.question_id = store, cid, question_id
+        self.started = time.monotonic()
+        self.first_token: float | None = None
+        self.pieces: list[str] = []
+        self.final: str | None = None
+        self.query: str | None = None
+        self.sources: list[dict[str, Any]] = []
+        self.status = "done"  # done | stopped | error
+        self.stored = False
+        self.meta: dict[str, Any] = {
+            "model": model, "knowledge_bases": list(kbs),
+            "params": {"temperature": _pick(options.temperature, settings.temperature),
+                       "top_p": _pick(options.top_p, settings.top_p),
+                       "max_tokens": _pick(options.max_tokens, settings.max_tokens), "top_k": options.top_k,
+                       "score_threshold": options.threshold, "search_mode": options.mode},
+        }
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces) if self.final is None else self.final
+
+    def see(self, ev: Any) -> None:
+        """Take in one ChatEvent."""
+        if ev.type == "query":
+            self.query = ev.data
+        elif ev.type == "sources":
+            self.sources = [h.source() for h in ev.data]
+        elif ev.type == "token" and ev.data:
+            if self.first_token is None:
+                self.first_token = time.monotonic() - self.started
+            self.pieces.append(ev.data)
+        elif ev.type == "done":  # the answer with its [n] markers checked against the sources
+            self.final = ev.data["answer"]
+            self.meta |= {k: ev.data[k] for k in ("citations", "invalid_citations") if k in ev.data}
+
+    def save(self) -> dict[str, Any] | None:
+        self.stored = True
+        total = time.monotonic() - self.started
+        meta = self.meta | {"status": self.status, "completion_tokens": len(self.pieces),
+                            "timings": {"first_token_s": None if self.first_token is None else
+                                        round(self.first_token, 3), "total_s": round(total, 3)}}
+        return self.store.add_answer(self.cid, self.question_id, self.text, self.query, self.sources, meta)
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value

@@ -49,8 +49,15 @@ class JobContext:
     embedded: int = 0
     _last_write: float = 0.0
     _cancel: threading.Event = field(default_factory=threading.Event)
+    _started: float = field(default_factory=time.monotonic)
 
     def progress(self, frac: float, message: str) -> None:
+        """Report progress; the message gets the chunks embedded so far and, once it can be told, the time left."""
+        elapsed = time.monotonic() - self._started
+        parts = [message, f"{self.embedded} chunks embedded"]
+        if 0.05 <= frac < 1.0 and elapsed >= 2.0:
+            parts.append(f"~{_duration(elapsed * (1 - frac) / frac)} left")
+        message = " · ".join(parts)
         if self.listener:
             self.listener(frac, message)
         now = time.monotonic()
@@ -62,6 +69,11 @@ class JobContext:
     def check(self) -> None:
         if self._cancel.is_set():
             raise Cancelled()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(1, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 Handler = Callable[[JobContext], Any]

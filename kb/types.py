@@ -86,6 +86,12 @@ class Hit:
     rerank_score: float | None = None
     kb: str = ""  # the knowledge base it came from (a chat may search several)
 
+    def source(self) -> dict[str, Any]:
+        """What a chat answer cites: where the chunk is, its score and its text (the API's ``sources``)."""
+        return {"kb": self.kb, "file": self.file, "file_id": self.file_id, "page": self.page,
+                "score": round(float(self.score), 4), "text": self.text, "heading": self.heading,
+                "chunk_id": self.chunk_id}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

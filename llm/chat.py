@@ -202,7 +202,7 @@ class ChatService:
         return prompts.clean_condensed(out, question)
 
 
-_CITATION = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
+CITATION = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
 
 
 def check_citations(answer: str, n_sources: int) -> tuple[str, list[int], list[int]]:
@@ -221,7 +221,7 @@ def check_citations(answer: str, n_sources: int) -> tuple[str, list[int], list[i
         cited.extend(x for x in good if x not in cited)
         return "".join(f"[{x}]" for x in good)
 
-    return _CITATION.sub(fix, answer), cited, invalid
+    return CITATION.sub(fix, answer), cited, invalid
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!#|~<>{}+\-.])")

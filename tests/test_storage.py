@@ -434,3 +434,12 @@ def test_a_caller_waiting_for_its_job_runs_it_even_with_background_workers(tmp_p
         assert {t for t, _ in seen} == {threading.get_ident()}
     finally:
         mgr.close()
+
+
+def test_progress_reports_chunks_embedded(mgr, tmp_path):
+    seen: list[tuple[float, str]] = []
+    kb = mgr.create("progress")
+    kb.ingest(write_docs(tmp_path / "p", 6, words=60), progress=lambda f, m: seen.append((f, m)))
+    counts = [int(m.split(" chunks embedded")[0].rsplit("· ", 1)[-1]) for _, m in seen if "chunks embedded" in m]
+    assert counts and counts == sorted(counts) and counts[-1] == kb.info()["chunks"]
+    assert seen[-1][0] == 1.0

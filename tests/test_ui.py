@@ -31,7 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield srv
 
 
-def open_page(browser: object, url: str, locale: str, dialogs: list[str] | None = None) -> Page:
+def open_page(browser: object, url: str, locale: str, dialogs: list[str] | None = None,
+              wait_for: str = "#chatbot") -> Page:
     ctx = browser.new_context(locale=locale, viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
     page = ctx.new_page()
     page.set_default_timeout(60_000)
@@ -41,7 +42,7 @@ def open_page(browser: object, url: str, locale: str, dialogs: list[str] | None 
             d.dismiss()  # type: ignore[attr-defined]
         page.on("dialog", on_dialog)
     page.goto(url)
-    page.wait_for_selector("#chatbot")
+    page.wait_for_selector(wait_for)
     return page
 
 
@@ -83,6 +84,20 @@ def wait_idle(page: Page, bots: int, timeout_s: float = LLM_WAIT_MS / 1000) -> s
             return text
         time.sleep(0.25)
     raise AssertionError(f"chat did not finish; last text: {last!r}")
+
+
+def wait_stored(server: LiveServer, answers: int, user: str = "admin", timeout_s: float = LLM_WAIT_MS / 1000) -> None:
+    """Wait until the user's newest conversation holds ``answers`` answers: the stream ended and was saved (the
+    sources show before the first token, so a steady bubble does not mean the answer is done)."""
+    store, users = server.services.conversations, server.services.users
+    who = users.get(user).id
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        convs = store.list(who)
+        if convs and sum(m["role"] == "assistant" for m in store.get(who, convs[0]["id"])["messages"]) >= answers:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{answers} answers were not stored within {timeout_s:.0f}s")
 
 
 def test_interface_language_follows_browser(server: LiveServer, browser: object) -> None:
@@ -156,7 +171,7 @@ def test_kb_upload_search_and_streamed_chat(server: LiveServer, browser: object,
     # --- chat over the KB: streamed answer, sources with file and page
     page.get_by_role("tab", name="对话").click()
     page.locator("#chat-mode").get_by_text("知识库问答").click()
-    pick(page, "#chat-kb", KB)
+    expect(page.locator("#chat-kb")).to_contain_text(KB)  # the KB just filled is the chat's (one of several)
     # Record every length the answer takes while it streams (the DOM updates per token batch).
     page.evaluate("""() => {
         window.__lens = [];
@@ -166,7 +181,8 @@ def test_kb_upload_search_and_streamed_chat(server: LiveServer, browser: object,
         }).observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});
     }""")
     ask(page, "星河公司的总部在哪里？")
-    expect(last_bot(page)).to_contain_text("p.2", timeout=LLM_WAIT_MS)  # the footer comes after the last token
+    expect(last_bot(page)).to_contain_text("p.2", timeout=LLM_WAIT_MS)  # sources show before the first token
+    wait_stored(server, 1)
     answer = wait_idle(page, 1)
     assert PDF_NAME in answer and "相似度" in answer, answer
     assert answer.split("出处")[0].strip(" …-"), f"empty answer: {answer!r}"
@@ -177,6 +193,7 @@ def test_kb_upload_search_and_streamed_chat(server: LiveServer, browser: object,
     # --- untrusted text is shown as text, never run as HTML
     payload = "<img src=x onerror=alert(1)>"
     ask(page, payload)
+    wait_stored(server, 2)
     wait_idle(page, 2)
     expect(page.locator("#chatbot [data-testid=user]").last).to_contain_text(payload)
     assert page.locator("#chatbot img[src=x]").count() == 0
@@ -195,6 +212,7 @@ def test_kb_upload_search_and_streamed_chat(server: LiveServer, browser: object,
         "() => { const b = document.querySelectorAll('#chatbot [data-testid=bot]');"
         " return b.length === 3 && b[2].textContent.trim().length > 10; }", timeout=LLM_WAIT_MS)
     page.locator("#chat-stop").click()
+    wait_stored(server, 3)
     expect(last_bot(page)).to_contain_text("已停止", timeout=30_000)
     stopped = wait_idle(page, 3)
     assert len(stopped) < 1200, "the generation was not cut short"
@@ -306,6 +324,72 @@ def test_newcomer_path_first_kb_becomes_the_chat_default(browser: object, tmp_pa
         assert bars == 1, f"{bars} progress indicators at once"
         page.get_by_role("tab", name="Chat").click()
         expect(page.locator("#chat-mode input[value=kb]")).to_be_checked()
-        expect(page.locator("#chat-kb input")).to_have_value("first")
+        expect(page.locator("#chat-kb")).to_contain_text("first")
         expect(page.locator("#chat-no-kb")).to_be_hidden()
         page.context.close()
+
+
+ACCOUNT, ACCOUNT_PASSWORD = "dana", "dana-pass-2026"
+ZH_PDF = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__langchain.pdf"
+
+
+def login(page: Page, user: str, password: str) -> None:
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    expect(page.locator("#chat-send")).to_be_visible(timeout=60_000)
+
+
+def test_conversations_persist_with_sources_ratings_and_citation_previews(browser: object, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", max_tokens=24)
+    from services import Services
+
+    setup = Services(settings)
+    dana = setup.users.add(ACCOUNT, "member", ACCOUNT_PASSWORD)
+    kb = setup.kbs.create("manual", owner_id=dana.id, visibility="private")
+    kb.ingest([ZH_PDF])
+    setup.close()
+    with LiveServer(settings) as server:
+        page = open_page(browser, server.url, "en-US", wait_for="input[type=password]")
+        login(page, ACCOUNT, ACCOUNT_PASSWORD)
+        expect(page.locator("#chat-kb")).to_contain_text("manual")  # her KB is the chat's KB
+        ask(page, "What is LangChain?")
+        wait_stored(server, 1, ACCOUNT)
+        wait_idle(page, 1)
+        expect(last_bot(page).locator(".sources details")).not_to_have_count(0)
+        ask(page, "What are agents in LangChain?")
+        wait_stored(server, 2, ACCOUNT)
+        wait_idle(page, 2)
+        # Rate the first answer.
+        page.locator("#chatbot [data-testid=bot]").first.hover()
+        page.locator("#chatbot").get_by_role("button", name="Like", exact=True).first.click()
+        expect(page.locator("#chatbot [data-testid=bot]").first).to_contain_text("rated", timeout=30_000)
+
+        page.reload()  # everything comes back from the database
+        expect(page.locator("#conv-list")).to_contain_text("What is LangChain?", timeout=60_000)
+        page.locator("#conv-list").get_by_text("What is LangChain?").click()
+        bots = page.locator("#chatbot [data-testid=bot]")
+        expect(bots).to_have_count(2, timeout=30_000)
+        expect(bots.first).to_contain_text("rated")
+        for i in range(2):
+            expect(bots.nth(i).locator(".sources details")).not_to_have_count(0)
+
+        # [1] opens the cited page of the PDF, rendered with the chunk highlighted.
+        source = server.services.conversations.list(dana.id)[0]
+        conv = server.services.conversations.get(dana.id, source["id"])
+        first = conv["messages"][1]["sources"][0]
+        with page.expect_popup() as popup:
+            bots.first.locator("a.cite").first.click()
+        preview = popup.value
+        expect(preview.locator("#preview-title")).to_contain_text(f"{ZH_PDF.name} · p.{first['page']}")
+        expect(preview.locator("#preview-page")).to_be_visible()
+        # The page image (rendered in a child process) loads with the session's cookie.
+        preview.wait_for_function("() => document.getElementById('preview-page').naturalWidth > 100",
+                                  timeout=60_000)
+        page.context.close()
+
+        # The page and the file are the account's: without its session they do not open.
+        import httpx
+
+        r = httpx.get(server.url + f"/ui/preview/manual/{first['file_id']}?chunk={first['chunk_id']}")
+        assert r.status_code == 401

@@ -77,7 +77,7 @@ def test_handlers_receive_the_request(settings: Settings) -> None:
 
 
 def test_tables_and_sources_are_localised() -> None:
-    from ui.chat_tab import sources_block
+    from ui.chat_tab import sources_html
     from ui.kb_tab import files_table, hits_table, results_table
 
     res = [FileResult("a.pdf", "indexed", chunks=3, ocr_pages=[2]), FileResult("b.pdf", "failed", error="not a PDF")]
@@ -89,8 +89,20 @@ def test_tables_and_sources_are_localised() -> None:
     hit = Hit(text="<b>hi</b>", score=0.8123, file="x<y>.md", file_id="f", page=2, heading=None, chunk_id=1)
     assert hits_table([hit], "en").iloc[0].tolist()[:3] == ["0.812", "x<y>.md", 2]
 
-    block = sources_block("q?", "standalone <q>", [hit], "en")
-    assert "**Retrieval query:** standalone &lt;q>" in block and r"\[1\]" in block and "p.2" in block
-    assert "<b>" not in block and "<y>" not in block
-    assert "Retrieval query" not in sources_block("same", "same", [hit], "en")
+    hit.kb = "docs"
+    block = sources_html([hit.source()], "standalone <q>", "q?", "en")
+    assert "<b>Retrieval query:</b> standalone &lt;q&gt;" in block and ">[1]</a> x&lt;y&gt;.md p.2" in block
+    assert "<b>hi</b>" not in block and "&lt;b&gt;hi&lt;/b&gt;" in block  # document text stays text
+    assert '<details class="source">' in block and 'href="/ui/preview/docs/f?chunk=1"' in block
+    assert "Retrieval query" not in sources_html([hit.source()], "same", "same", "en")
     assert msg("kb_created", "zh", name="k") == "已新建知识库“k”。"
+
+
+def test_answer_markers_link_to_their_sources_and_the_model_cannot_make_links() -> None:
+    from ui.chat_tab import answer_markdown
+
+    src = {"kb": "k b", "file_id": "abc", "chunk_id": 7, "file": "f.md", "page": None, "score": 0.5, "text": "t"}
+    out = answer_markdown("Quartz [1]. Bad [2]. See [x](http://evil.example/?q=1) <img src=x>", [src])
+    assert "[\\[1\\]](/ui/preview/k%20b/abc?chunk=7)" in out  # a link to our own preview page
+    assert "[2]" not in out.replace("\\[", "[")  # no source 2: the marker is dropped
+    assert "\\[x](http\\://evil" in out and "<img" not in out  # the model's own link and tag stay text

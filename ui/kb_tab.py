@@ -123,6 +123,9 @@ def build_kb_tab(services: Services) -> KBTab:
             jobs_refresh = gr.Button(t("jobs_refresh"), elem_id="kb-jobs-refresh", scale=1)
             job_cancel = gr.Button(t("job_cancel"), variant="stop", elem_id="kb-job-cancel", scale=1)
 
+    with gr.Accordion(t("kb_feedback_box"), open=False, elem_id="kb-feedback-box"):
+        feedback = gr.Dataframe(elem_id="kb-feedback", interactive=False, wrap=True)
+
     with gr.Accordion(t("search_box"), open=True, elem_id="kb-search-box"):
         with gr.Row(equal_height=True):
             query = gr.Textbox(label=t("search_query"), elem_id="kb-search-query", scale=4)
@@ -156,14 +159,24 @@ def build_kb_tab(services: Services) -> KBTab:
             kb_info.get("prompt", ""),
             files_table(file_recs, lang),
             gr.update(choices=[f["name"] for f in file_recs], value=None),
+            feedback_table(request, current, lang),
             *(gr.update(value=kb_info.get(k, getattr(settings, k))) for k in chunking),
         )
+
+    def feedback_table(request: gr.Request, current: KnowledgeBase | None, lang: Lang) -> pd.DataFrame:
+        """Questions whose answers from this KB were rated down: shown to those who maintain the KB (its owner
+        and admins), who can fix the documents; other readers do not see other people's questions."""
+        rows: list[list[Any]] = []
+        if current is not None and services.users.can_write(services.ui_user(request), current.row()):
+            for f in services.conversations.feedback(kb=current.name, rating=-1):
+                rows.append([f["question"], " ".join(f["answer"].split())[:300], f["comment"], f["user"]])
+        return _table(["question", "answer", "comment", "user"], rows, lang)
 
     def job_views(request: gr.Request, name: str | None, lang: Lang) -> tuple[Any, Any]:
         recent = services.jobs.list(need(request, name, lang).id, 20) if name and kbs.exists(name) else []
         return jobs_table(recent, lang), gr.update(choices=[j["id"] for j in recent], value=None)
 
-    view_outputs = [kb, info, mode, kb_prompt, files, file_pick, *chunking.values()]
+    view_outputs = [kb, info, mode, kb_prompt, files, file_pick, feedback, *chunking.values()]
 
     @user_errors
     def show(request: gr.Request, name: str | None) -> tuple[Any, ...]:

@@ -16,6 +16,7 @@ import gradio as gr
 
 from api.security import AccessPolicy
 from services import Services
+from ui.account_tab import build_account_tab
 from ui.chat_tab import build_chat_tab, refresh_kbs
 from ui.i18n import I18N, TEXT, t
 from ui.kb_tab import build_kb_tab
@@ -40,6 +41,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 chat = build_chat_tab(services)
             with gr.Tab(t("tab_kb"), id="kb", elem_id="tab-kb"):
                 kb = build_kb_tab(services)
+            with gr.Tab(t("tab_account"), id="account", elem_id="tab-account"):
+                account_load, account_outputs = build_account_tab(services)
 
         def refresh_chat(request: gr.Request, mode_value: str, current: str | None) -> tuple[Any, ...]:
             return refresh_kbs(services, request, mode_value, current)
@@ -57,6 +60,8 @@ def build_ui(services: Services) -> gr.Blocks:
         chat_page.select(refresh_chat, *chat_io, queue=False)
         if kb.load is not None:
             demo.load(kb.load, [kb.kb], kb.load_outputs)
+        demo.load(chat.load, None, chat.load_outputs)
+        demo.load(account_load, None, account_outputs)
         demo.load(refresh_chat, *chat_io, queue=False)
     # A bounded queue: when it is full Gradio refuses new events, and queued users see their position.
     demo.queue(max_size=services.settings.max_queued_chats)
