@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as FastPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from api.errors import APIError
-from api.schemas import SHARING, KBCreate, KBUpdate, SearchRequest, hit_dict
+from api.schemas import ROW_ID_MAX, SHARING, KBCreate, KBUpdate, SearchRequest, hit_dict
 from api.security import request_user
 from api.uploads import receive_uploads
 from kb import preview
@@ -207,16 +208,15 @@ def download_file(kb: str, file_id: str, request: Request) -> Response:
 @router.get("/files/{kb}/{file_id}/preview", summary="Where a source points: for a PDF the page image to show, "
             "otherwise the cited chunk among its neighbours")
 def preview_file(kb: str, file_id: str, request: Request,
-                 chunk: int | None = Query(None, ge=1, description="The source's chunk_id")) -> dict[str, Any]:
+                 chunk: int | None = Query(None, ge=1, le=ROW_ID_MAX, description="The source's chunk_id")
+                 ) -> dict[str, Any]:
     return preview.preview(_services(request).kb(request_user(request), kb), file_id, chunk)
 
 
 @router.get("/files/{kb}/{file_id}/pages/{page}.png", summary="One PDF page as PNG, the cited chunk highlighted",
             response_class=Response)
-def page_image(kb: str, file_id: str, page: int, request: Request,
-               chunk: int | None = Query(None, ge=1)) -> Response:
-    if page < 1:
-        raise APIError(400, "page numbers start at 1", "invalid_page")
+def page_image(kb: str, file_id: str, request: Request, page: int = FastPath(..., ge=1, le=1_000_000),
+               chunk: int | None = Query(None, ge=1, le=ROW_ID_MAX)) -> Response:
     png = preview.page_png(_services(request).kb(request_user(request), kb), file_id, page, chunk)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
@@ -228,7 +228,8 @@ ui_router.get("/pages/{kb}/{file_id}/{page}.png", response_class=Response)(page_
 
 
 @ui_router.get("/preview/{kb}/{file_id}", response_class=HTMLResponse)
-def preview_page(kb: str, file_id: str, request: Request, chunk: int | None = Query(None, ge=1)) -> HTMLResponse:
+def preview_page(kb: str, file_id: str, request: Request,
+                 chunk: int | None = Query(None, ge=1, le=ROW_ID_MAX)) -> HTMLResponse:
     """A cited place as a page: the PDF page with the chunk highlighted, or the chunk among its neighbours."""
     view = preview.preview(_services(request).kb(request_user(request), kb), file_id, chunk)
     esc = html.escape

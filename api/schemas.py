@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kb.types import Hit
 
 SearchMode = Literal["dense", "keyword", "hybrid"]
+ROW_ID_MAX = 2**62  # ids are 64-bit integers in the database: a larger number is a 422, not a 500
 
 
 # --- OpenAI-compatible --------------------------------------------------------------------

@@ -136,11 +136,14 @@ class AccessPolicy:
                 account = self.users.get(user)
             except KBNotFound:
                 account = None
-            if account is not None and account.name != LOCAL_ADMIN:
+            if account is not None:
                 if self.users.by_password(user, password) is not None:
                     return True
                 by_key = self.users.by_key(password)
-                return by_key is not None and by_key.id == account.id
+                if by_key is not None and by_key.id == account.id:
+                    return True
+                if account.name != LOCAL_ADMIN:  # an account's name never logs in with settings credentials
+                    return False
         return self.login_ok(user, password)
 
     def ui_principal(self, username: str | None) -> Principal | None:

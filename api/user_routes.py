@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
+from api.schemas import ROW_ID_MAX
 from api.security import request_user
 from kb.users import KBForbidden, Principal
 from services import Services
@@ -54,7 +55,7 @@ def create_key(body: KeyCreate, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/me/keys/{key_id}", summary="Revoke one of your API keys (admins: anyone's); effective at once")
-def revoke_key(key_id: int, request: Request) -> dict[str, Any]:
+def revoke_key(request: Request, key_id: int = Path(..., ge=1, le=ROW_ID_MAX)) -> dict[str, Any]:
     return _services(request).users.revoke_key(request_user(request), key_id)
 
 

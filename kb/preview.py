@@ -35,7 +35,8 @@ def find_file(kb: KnowledgeBase, file_id: str) -> FileRow:
     """An indexed file of the KB by sha256 (a source's ``file_id``) or row id."""
     with kb.db.read() as s:
         q = select(FileRow).where(FileRow.kb_id == kb.id, FileRow.status == "indexed")
-        q = q.where(FileRow.id == int(file_id)) if file_id.isdigit() else q.where(FileRow.sha256 == file_id)
+        by_id = file_id.isdigit() and len(file_id) <= 18  # a row id (64-bit), else a sha256
+        q = q.where(FileRow.id == int(file_id)) if by_id else q.where(FileRow.sha256 == file_id)
         row = s.scalars(q.order_by(FileRow.id)).first()
         if row is None:
             raise KBNotFound(f"no file '{file_id}' in knowledge base '{kb.name}'")

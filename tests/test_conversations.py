@@ -125,6 +125,8 @@ def test_ask_stream_sources_first_rate_regenerate_and_restart(server: LiveServer
     rows = [json.loads(line) for line in kb_cli("feedback", "export", data_dir=data_dir).stdout.splitlines()]
     assert [(r["rating"], r["question"]) for r in rows] == [(1, "What powers the Zorblat reactor?")]
     assert rows[0]["answer"] == answer1["content"] and rows[0]["knowledge_bases"] == ["facts"]
+    for flags in (["--kb", "zh"], ["--rating", "-1"]):  # another KB; the 👎 answer went with the regenerate
+        assert kb_cli("feedback", "export", *flags, data_dir=data_dir).stdout == ""
 
     assert http.delete(f"/api/conversations/{cid}").status_code == 200
     assert_error(http.get(f"/api/conversations/{cid}"), 404)

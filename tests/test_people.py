@@ -138,3 +138,28 @@ def test_only_admins_manage_users(people: dict[str, Any]) -> None:
         assert c.get("/api/me").json() == {"id": r.json()["id"], "name": "carol", "role": "member"}
     assert "carol" in [u["name"] for u in people["boss"].get("/api/users").json()["users"]]
     assert_error(people["boss"].post("/api/users", json={"name": "carol"}), 409)
+
+
+def test_login_rules_bind_account_names_to_their_own_credentials(tmp_path: Path) -> None:
+    from api.security import AccessPolicy
+    from kb.db import Database
+    from kb.users import Users
+
+    users = Users(Database(f"sqlite:///{tmp_path / 'kb.db'}"))
+    bob = users.add("bob", "member", "bob-password-1")
+    alice = users.add("alice")
+    bob_key, _ = users.issue_key(bob)
+    alice_key, _ = users.issue_key(alice)
+    policy = AccessPolicy.from_settings(make_settings(tmp_path / "d", api_keys=["settings-key"]), users)
+    assert policy.enabled
+    assert policy.ui_login("bob", "bob-password-1") and policy.ui_login("bob", bob_key)
+    assert not policy.ui_login("bob", alice_key)  # another account's key
+    assert not policy.ui_login("bob", "settings-key")  # an account's name is not open to settings credentials
+    assert not policy.ui_login("bob", "wrong-password")
+    assert policy.ui_login("whoever", "settings-key") and policy.ui_principal("whoever") == users.local_admin()
+    assert policy.ui_principal("bob") == bob
+    users.set_password("admin", "admin-password-1")
+    assert policy.ui_login("admin", "admin-password-1") and policy.ui_login("admin", "settings-key")
+    assert policy.principal(f"Bearer {alice_key}") == alice
+    assert policy.principal("Bearer settings-key") == users.local_admin()
+    assert policy.principal("Bearer kbc_nope") is None

@@ -258,10 +258,16 @@ def test_kb_prompt_and_search_mode_are_saved_from_the_kb_tab(server: LiveServer,
     pick(page, "#kb-select", "tone")
     pick(page, "#kb-mode", "keyword")
     page.locator("#kb-prompt textarea").fill("Answer in one short paragraph.")
+    server.services.users.add("erin")  # an account without a password or key: the server stays open
+    pick(page, "#kb-visibility", "shared")
+    page.locator("#kb-shared-with textarea").fill("erin")
     page.locator("#kb-set-mode").click()
     expect(page.locator("#kb-status")).to_contain_text("Settings of 'tone' saved", timeout=30_000)
-    info = server.services.kbs.get("tone").info()
+    tone = server.services.kbs.get("tone")
+    info = tone.info()
     assert (info["prompt"], info["search_mode"]) == ("Answer in one short paragraph.", "keyword")
+    sharing = server.services.users.sharing(tone)
+    assert (sharing["visibility"], sharing["shared_with"]) == ("shared", ["erin"])
     page.reload()  # what the page shows comes from the stored KB
     page.get_by_role("tab", name="Knowledge bases").click()
     pick(page, "#kb-select", "tone")
@@ -386,10 +392,26 @@ def test_conversations_persist_with_sources_ratings_and_citation_previews(browse
         # The page image (rendered in a child process) loads with the session's cookie.
         preview.wait_for_function("() => document.getElementById('preview-page').naturalWidth > 100",
                                   timeout=60_000)
+
+        # Her own API keys: made in the Account tab (shown once), revoked there, dead at once.
+        import httpx
+
+        page.get_by_role("tab", name="Account").click()
+        expect(page.locator("#acct-me")).to_contain_text(ACCOUNT)
+        expect(page.locator("#acct-users-box")).to_be_hidden()  # a member manages no users
+        page.locator("#acct-key-label textarea").fill("laptop")
+        page.locator("#acct-key-create").click()
+        expect(page.locator("#acct-new-key textarea")).to_have_value(re.compile(r"^kbc_"), timeout=30_000)
+        key = page.locator("#acct-new-key textarea").input_value()
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(server.url + "/api/me", headers=bearer).json()["name"] == ACCOUNT
+        key_id = next(k["id"] for k in server.services.users.keys(dana) if key.startswith(k["prefix"]))
+        pick(page, "#acct-key-pick", str(key_id))
+        page.locator("#acct-key-revoke").click()
+        expect(page.locator("#acct-status")).to_contain_text("revoked", timeout=30_000)
+        assert httpx.get(server.url + "/api/me", headers=bearer).status_code == 401
         page.context.close()
 
         # The page and the file are the account's: without its session they do not open.
-        import httpx
-
         r = httpx.get(server.url + f"/ui/preview/manual/{first['file_id']}?chunk={first['chunk_id']}")
         assert r.status_code == 401

@@ -164,7 +164,7 @@ def build_chat_tab(services: Services) -> ChatTab:
             no_kb = gr.Markdown(t("chat_no_kb"), elem_id="chat-no-kb", visible=False)
             chatbot = gr.Chatbot(label=t("chatbot"), show_label=False, elem_id="chatbot", height=460,
                                  sanitize_html=True, render_markdown=True, buttons=["copy"],
-                                 feedback_options=("Like", "Dislike"))
+                                 feedback_options=("Like", "Dislike"), editable="user")
             with gr.Row(equal_height=True):
                 question = gr.Textbox(label=t("question"), placeholder=t("question_ph"), elem_id="chat-input",
                                       lines=1, max_lines=6, scale=8, show_label=False)
@@ -300,6 +300,14 @@ def build_chat_tab(services: Services) -> ChatTab:
         replace = last["id"] if last is not None else None
         yield from ask(request, text, cid, messages, mode_value, kb_names, replace, *values)
 
+    def edit_any(request: gr.Request, data: gr.EditData, cid: str | None, ids: list[str], messages: Messages | None,
+                 mode_value: str, kb_names: list[str] | None, *values: Any) -> Iterator[tuple[Any, ...]]:
+        """A question edited in place (the pencil on a user message): re-asked from there, later turns removed."""
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        text = data.value if isinstance(data.value, str) else str(data.value)
+        replace = ids[index] if 0 <= index < len(ids) else None
+        yield from ask(request, text, cid, messages, mode_value, kb_names, replace, *values)
+
     def send_new(request: gr.Request, text: str, cid: str | None, messages: Messages | None,
                  mode_value: str, kb_names: list[str] | None, *values: Any) -> Iterator[tuple[Any, ...]]:
         yield from ask(request, text, cid, messages, mode_value, kb_names, None, *values)
@@ -376,6 +384,7 @@ def build_chat_tab(services: Services) -> ChatTab:
     clear.click(new_conversation, None, fresh, queue=False)
     new_conv.click(new_conversation, None, fresh, queue=False)
     chatbot.like(rate, [conv_id, msg_ids, comment], [chatbot, last_rated, comment])
+    chatbot.edit(edit_any, [conv_id, msg_ids, chatbot, *values_in], outputs, concurrency_id="chat", api_name=False)
     send_comment.click(comment_on, [conv_id, last_rated, comment], [chatbot, comment])
     conv_list.input(open_conv, [conv_list], [chatbot, conv_id, msg_ids, conv_list, conv_title, mode, kb])
     conv_search.input(search_convs, [conv_search, conv_id], [conv_list])

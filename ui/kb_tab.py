@@ -14,6 +14,7 @@ import pandas as pd
 from configs.settings import Settings
 from kb.service import MAX_PROMPT_CHARS, MODES, KnowledgeBase
 from kb.types import FileResult, Hit, KBError
+from kb.users import VISIBILITY
 from services import Services
 from ui.common import as_text, user_errors
 from ui.i18n import Lang, lang_of, msg, t
@@ -88,6 +89,10 @@ def build_kb_tab(services: Services) -> KBTab:
         delete = gr.Button(t("kb_delete"), variant="stop", elem_id="kb-delete", scale=1)
     kb_prompt = gr.Textbox(label=t("kb_prompt"), info=t("kb_prompt_info"), lines=2, max_length=MAX_PROMPT_CHARS,
                            elem_id="kb-prompt")
+    with gr.Row(equal_height=True):
+        visibility = gr.Dropdown(choices=list(VISIBILITY), value="private", label=t("kb_visibility"),
+                                 elem_id="kb-visibility", scale=1)
+        shared_with = gr.Textbox(label=t("kb_shared_with"), elem_id="kb-shared-with", scale=3, max_length=2000)
     with gr.Group(visible=False, elem_id="kb-delete-confirm") as confirm_box:
         confirm_text = gr.Markdown(elem_id="kb-delete-ask")
         with gr.Row():
@@ -152,11 +157,14 @@ def build_kb_tab(services: Services) -> KBTab:
         current = kbs.get(name) if name else None
         file_recs = current.files() if current else []
         kb_info = current.info() if current else {}
+        sharing = services.users.sharing(current) if current else {}
         return (
             gr.update(choices=names, value=name),
             info_markdown(current, lang),
             gr.update(value=current.search_mode if current else settings.search_mode),
             kb_info.get("prompt", ""),
+            sharing.get("visibility", "private"),
+            ", ".join(sharing.get("shared_with", [])),
             files_table(file_recs, lang),
             gr.update(choices=[f["name"] for f in file_recs], value=None),
             feedback_table(request, current, lang),
@@ -176,7 +184,8 @@ def build_kb_tab(services: Services) -> KBTab:
         recent = services.jobs.list(need(request, name, lang).id, 20) if name and kbs.exists(name) else []
         return jobs_table(recent, lang), gr.update(choices=[j["id"] for j in recent], value=None)
 
-    view_outputs = [kb, info, mode, kb_prompt, files, file_pick, feedback, *chunking.values()]
+    view_outputs = [kb, info, mode, kb_prompt, visibility, shared_with, files, file_pick, feedback,
+                    *chunking.values()]
 
     @user_errors
     def show(request: gr.Request, name: str | None) -> tuple[Any, ...]:
@@ -225,10 +234,12 @@ def build_kb_tab(services: Services) -> KBTab:
         return (*views(request, None, lang), gr.update(visible=False), msg("kb_deleted", lang, name=name))
 
     @user_errors
-    def save_kb_settings(request: gr.Request, name: str | None, search_mode: str, prompt: str | None
-                         ) -> tuple[str, str]:
+    def save_kb_settings(request: gr.Request, name: str | None, search_mode: str, prompt: str | None,
+                         seen_by: str, names: str | None) -> tuple[str, str]:
         lang = lang_of(request)
         current = need(request, name, lang, write=True)
+        users = [n.strip() for n in (names or "").replace("，", ",").split(",") if n.strip()]
+        services.users.share(services.ui_user(request), current, seen_by, users)
         current.update(search_mode=search_mode, prompt=(prompt or "").strip() or None)
         return info_markdown(current, lang), msg("kb_mode_set", lang, name=current.name, mode=search_mode)
 
@@ -292,7 +303,7 @@ def build_kb_tab(services: Services) -> KBTab:
     delete.click(ask_delete, [kb], [confirm_box, confirm_text])
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, queue=False)
     deleted = confirm.click(delete_kb, [kb], [*view_outputs, confirm_box, status], api_name="delete_kb")
-    set_mode.click(save_kb_settings, [kb, mode, kb_prompt], [info, status])
+    set_mode.click(save_kb_settings, [kb, mode, kb_prompt, visibility, shared_with], [info, status])
     # Progress is drawn once, on the results, not on every output of the event.
     # Writes run as jobs, queued per KB in the database: the UI adds no lock of its own, so uploads to different
     # KBs run side by side and a second upload to a busy KB waits its turn (listed under Jobs).
