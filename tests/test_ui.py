@@ -275,6 +275,21 @@ def test_kb_prompt_and_search_mode_are_saved_from_the_kb_tab(server: LiveServer,
     page.context.close()
 
 
+def test_an_admin_adds_a_user_in_the_account_tab(server: LiveServer, browser: object) -> None:
+    page = open_page(browser, server.url, "en-US")
+    page.get_by_role("tab", name="Account").click()
+    expect(page.locator("#acct-me")).to_contain_text("admin")  # an open install acts as the built-in admin
+    page.locator("#acct-users-box").get_by_text("Users (admins)").click()
+    page.locator("#acct-user-name textarea").fill("frank")
+    page.locator("#acct-user-add").click()
+    expect(page.locator("#acct-status")).to_contain_text("User 'frank' added", timeout=30_000)
+    expect(page.locator("#acct-users")).to_contain_text("frank")
+    key = page.locator("#acct-new-key textarea").input_value()
+    who = server.services.users.by_key(key)
+    assert who is not None and (who.name, who.role) == ("frank", "member")
+    page.context.close()
+
+
 def test_jobs_are_listed_and_cancelled_from_the_kb_tab(server: LiveServer, browser: object, tmp_path: Path) -> None:
     kbs = server.services.kbs
     kb = kbs.create("jobs-ui")
@@ -370,6 +385,19 @@ def test_conversations_persist_with_sources_ratings_and_citation_previews(browse
         page.locator("#chatbot [data-testid=bot]").first.hover()
         page.locator("#chatbot").get_by_role("button", name="Like", exact=True).first.click()
         expect(page.locator("#chatbot [data-testid=bot]").first).to_contain_text("rated", timeout=30_000)
+
+        # A 👎 with a comment (typed first) on the second answer: her KB tab lists it for her to fix the documents.
+        page.locator("#chat-feedback-comment textarea").fill("agents are not explained")
+        page.locator("#chatbot [data-testid=bot]").nth(1).hover()
+        page.locator("#chatbot").get_by_role("button", name="Dislike", exact=True).nth(1).click()
+        expect(page.locator("#chatbot [data-testid=bot]").nth(1)).to_contain_text("agents are not explained",
+                                                                                  timeout=30_000)
+        page.get_by_role("tab", name="Knowledge bases").click()
+        page.locator("#kb-refresh").click()
+        page.locator("#kb-feedback-box").get_by_text("Answers rated").click()
+        expect(page.locator("#kb-feedback")).to_contain_text("What are agents in LangChain?", timeout=30_000)
+        expect(page.locator("#kb-feedback")).to_contain_text("agents are not explained")
+        page.get_by_role("tab", name="Chat").click()
 
         page.reload()  # everything comes back from the database
         expect(page.locator("#conv-list")).to_contain_text("What is LangChain?", timeout=60_000)
