@@ -104,10 +104,7 @@ class Conversations:
             self._own(s, user, cid)
             q = select(MessageRow.role, MessageRow.content).where(MessageRow.conversation_id == cid)
             if before is not None:
-                cut = s.get(MessageRow, before)
-                if cut is None or cut.conversation_id != cid:
-                    raise KBNotFound(f"message '{before}' does not exist")
-                q = q.where(MessageRow.seq < cut.seq)
+                q = q.where(MessageRow.seq < _message_in(s, cid, before).seq)
             msgs = s.execute(q.order_by(MessageRow.seq)).all()
         pairs: list[tuple[str, str]] = []
         for role, content in msgs:
@@ -132,9 +129,7 @@ class Conversations:
                     and time.time() - last.created_at < PENDING_SECONDS):
                 raise KBConflict("the previous question is still being answered: wait for it, or stop it")
             if replace_from is not None:
-                cut = s.get(MessageRow, replace_from)
-                if cut is None or cut.conversation_id != cid:
-                    raise KBNotFound(f"message '{replace_from}' does not exist")
+                cut = _message_in(s, cid, replace_from)
                 s.execute(delete(MessageRow).where(MessageRow.conversation_id == cid, MessageRow.seq >= cut.seq))
             seq = (s.scalar(select(func.max(MessageRow.seq)).where(MessageRow.conversation_id == cid)) or 0) + 1
             msg = MessageRow(conversation_id=cid, seq=seq, role="user", content=content)
@@ -205,6 +200,14 @@ class Conversations:
                        "question": question, "query": answer.query, "answer": answer.content,
                        "knowledge_bases": used, "sources": list(answer.sources or []),
                        "meta": dict(answer.meta or {})}
+
+
+def _message_in(s: Any, cid: str, message_id: str) -> MessageRow:
+    """A message of conversation ``cid`` (KBNotFound for any other id)."""
+    msg = s.get(MessageRow, message_id)
+    if msg is None or msg.conversation_id != cid:
+        raise KBNotFound(f"message '{message_id}' does not exist")
+    return msg
 
 
 def _check_title(title: str) -> str:

@@ -114,7 +114,7 @@ class Users:
     def set_password(self, name: str, password: str) -> None:
         digest = self._hash(password)
         with self.db.session() as s:
-            row = s.scalars(select(UserRow).where(UserRow.name == name)).first()
+            row = _named(s, name)
             if row is None:
                 raise KBNotFound(f"user '{name}' does not exist")
             row.password_hash = digest
@@ -124,14 +124,14 @@ class Users:
         settings credentials accept any name, and the login check refuses those names that are accounts)."""
         if name:
             with self.db.read() as s:
-                row = s.scalars(select(UserRow).where(UserRow.name == name)).first()
+                row = _named(s, name)
             if row is not None:
                 return Principal(int(row.id), row.name, row.role)
         return self.local_admin()
 
     def get(self, name: str) -> Principal:
         with self.db.read() as s:
-            row = s.scalars(select(UserRow).where(UserRow.name == name)).first()
+            row = _named(s, name)
         if row is None:
             raise KBNotFound(f"user '{name}' does not exist")
         return Principal(int(row.id), row.name, row.role)
@@ -147,7 +147,7 @@ class Users:
         from argon2.exceptions import InvalidHashError, VerificationError
 
         with self.db.read() as s:
-            row = s.scalars(select(UserRow).where(UserRow.name == name)).first()
+            row = _named(s, name)
         if row is None or row.password_hash is None:
             self.hasher.hash("x" * MIN_PASSWORD)  # the same work as a real check: timing does not reveal names
             return None
@@ -198,11 +198,14 @@ class Users:
     def _owner(self, row: KBRow) -> int:
         return row.owner_id if row.owner_id is not None else self.local_admin().id
 
-    def can_read(self, who: Principal, row: KBRow) -> bool:
+    def can_read(self, who: Principal, row: KBRow, shared: set[int] | None = None) -> bool:
+        """``shared``: the ids of the KBs shared with ``who``, when the caller has them (else looked up)."""
         if who.is_admin or self._owner(row) == who.id or row.visibility in (None, "everyone"):
             return True
         if row.visibility != "shared":
             return False
+        if shared is not None:
+            return row.id in shared
         with self.db.read() as s:
             return s.get(KBShareRow, (row.id, who.id)) is not None
 
@@ -226,10 +229,7 @@ class Users:
         with self.db.read() as s:
             rows = s.scalars(select(KBRow).order_by(KBRow.name)).all()
             shared = set(s.scalars(select(KBShareRow.kb_id).where(KBShareRow.user_id == who.id)))
-        admin = self.local_admin().id
-        return [r.name for r in rows if r.visibility in (None, "everyone")
-                or (r.owner_id if r.owner_id is not None else admin) == who.id
-                or (r.visibility == "shared" and r.id in shared)]
+        return [r.name for r in rows if self.can_read(who, r, shared)]
 
     def share(self, who: Principal, kb: KnowledgeBase, visibility: str | None = None,
               users: Sequence[str] | None = None) -> dict[str, Any]:
@@ -256,6 +256,10 @@ class Users:
             owner = s.get(UserRow, row.owner_id) if row and row.owner_id is not None else None
         return {"owner": owner.name if owner else LOCAL_ADMIN,
                 "visibility": (row.visibility if row else None) or "everyone", "shared_with": list(names)}
+
+
+def _named(s: Any, name: str) -> UserRow | None:
+    return s.scalars(select(UserRow).where(UserRow.name == name)).first()
 
 
 def _key(r: ApiKeyRow) -> dict[str, Any]:

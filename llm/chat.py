@@ -205,6 +205,11 @@ class ChatService:
 CITATION = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
 
 
+def citation_numbers(marker: re.Match[str]) -> list[int]:
+    """The source numbers of one ``CITATION`` match: ``[2, 9]`` -> [2, 9]."""
+    return [int(x) for x in re.split(r"\s*[,，、]\s*", marker.group(1))]
+
+
 def check_citations(answer: str, n_sources: int) -> tuple[str, list[int], list[int]]:
     """Check the ``[n]`` markers a model wrote against the ``n_sources`` sources it was given.
 
@@ -215,7 +220,7 @@ def check_citations(answer: str, n_sources: int) -> tuple[str, list[int], list[i
     invalid: list[int] = []
 
     def fix(m: re.Match[str]) -> str:
-        nums = [int(x) for x in re.split(r"\s*[,，、]\s*", m.group(1))]
+        nums = citation_numbers(m)
         good = [x for x in nums if 1 <= x <= n_sources]
         invalid.extend(x for x in nums if x not in good and x not in invalid)
         cited.extend(x for x in good if x not in cited)

@@ -41,12 +41,12 @@ def preview_url(source: dict[str, Any]) -> str:
 def answer_markdown(answer: str, sources: list[dict[str, Any]]) -> str:
     """The answer as safe markdown whose ``[n]`` markers link to the cited place (our own URLs only: the
     model's text is escaped, so it cannot make links of its own)."""
-    from llm.chat import CITATION
+    from llm.chat import CITATION, citation_numbers
 
     out, pos = [], 0
     for m in CITATION.finditer(answer):
         out.append(as_text(answer[pos:m.start()]))
-        for n in (int(x) for x in m.group(1).replace("，", ",").replace("、", ",").split(",")):
+        for n in citation_numbers(m):
             if 1 <= n <= len(sources):
                 out.append(f"[\\[{n}\\]]({preview_url(sources[n - 1])})")
         pos = m.end()
