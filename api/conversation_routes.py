@@ -79,7 +79,7 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
                        stream: bool = Query(True)) -> JSONResponse | StreamingResponse:
     services = _services(request)
     store, user, s = services.conversations, _user(request), services.settings
-    conv = await run_in_threadpool(store.get, user, cid)  # 404 before anything else
+    conv = await run_in_threadpool(store.info, user, cid)  # 404 before anything else
     kbs = conv["knowledge_bases"] if body.knowledge_bases is None else body.knowledge_bases
     for name in kbs:
         await run_in_threadpool(check_kb, services, request_user(request), name)

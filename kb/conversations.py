@@ -73,6 +73,11 @@ class Conversations:
             raise KBNotFound(f"conversation '{cid}' does not exist")
         return row
 
+    def info(self, user: int, cid: str) -> dict[str, Any]:
+        """The conversation without its messages (a cheap ownership check)."""
+        with self.db.read() as s:
+            return _conversation(self._own(s, user, cid))
+
     def get(self, user: int, cid: str) -> dict[str, Any]:
         """The conversation with its messages in order, each assistant message with its feedback."""
         with self.db.read() as s:
