@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, help="default 7860")
     ap.add_argument("--data-dir", type=Path, help="knowledge bases, models and temp files (default knowledge_base/)")
     ap.add_argument("--llm-model", help="packaged GGUF key, a .gguf path or a local HF model dir")
-    ap.add_argument("--embedding-model", help="packaged embedding key or a local sentence-transformers dir")
+    ap.add_argument("--embedding-model", help="packaged embedding key, a local sentence-transformers dir or http(s)://HOST:PORT/v1#MODEL")
     ap.add_argument("--insecure-no-auth", action="store_true", default=None,
                     help="serve a non-loopback --host with no api_keys or ui_auth (anyone who can reach it has "
                          "full access)")

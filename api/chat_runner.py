@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from api.errors import APIError, ModelUnavailable
+from api.security import request_user
 from kb.users import Principal
 from llm.backends.base import LLMError
 from llm.chat import ChatEvent, ChatOptions, ChatService
-from services import Services
+from services import Services, chat_user
 
 _END = object()
 
@@ -62,13 +63,17 @@ class ThreadedChat:
     """Async iterator over the ChatEvents of one generation running in a daemon thread.
 
     It holds one of the services' chat slots from creation until the generation ends (Busy, i.e. 429, when
-    none is free), so queued and running chats together stay under ``max_queued_chats``."""
+    none is free or the user has ``max_chats_per_user``), so queued and running chats together stay under
+    ``max_queued_chats``. ``request`` tells who asks (``options.user``), for the cap and the fair queue."""
 
     def __init__(self, services: Services, chat: ChatService, question: str, history: list[tuple[str, str]],
-                 options: ChatOptions):
+                 options: ChatOptions, request: Any = None):
         check_size(services, question, history)
+        if options.user is None and request is not None:
+            options.user = chat_user(request_user(request), services.users.local_admin(), None)
+        self._user = options.user
         self._slots = services.chat_slots
-        self._slots.acquire()
+        self._slots.acquire(self._user)
         self.cancel_event = threading.Event()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -96,7 +101,7 @@ class ThreadedChat:
         finally:
             if gen is not None:
                 gen.close()
-            self._slots.release()
+            self._slots.release(self._user)
             self._put(_END)
 
     def cancel(self) -> None:

@@ -90,7 +90,7 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
     max_tokens = cap_max_tokens(services, body.max_tokens)
     options = ChatOptions(kb=kbs, top_k=body.top_k, threshold=body.score_threshold, mode=body.search_mode,
                           temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens)
-    run = ThreadedChat(services, chat, body.content, history, options)  # 413 / 429 before anything is stored
+    run = ThreadedChat(services, chat, body.content, history, options, request)  # 413 / 429 before anything is stored
     events = run.events()
     try:
         question = await run_in_threadpool(store.ask, user, cid, body.content, body.knowledge_bases,
@@ -129,6 +129,8 @@ async def post_message(cid: str, body: MessageCreate, request: Request,
                     sent_sources = True
                     yield sse({"type": "sources", "question": question, "query": answer.query,
                                "sources": answer.sources})
+                if ev.type == "queue":  # the model is busy: how many answers come before this one
+                    yield sse({"type": "queue", "ahead": ev.data["ahead"]})
                 if ev.type == "token" and ev.data:
                     yield sse({"type": "token", "content": ev.data})
             stored = await run_in_threadpool(answer.save)

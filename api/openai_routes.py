@@ -131,7 +131,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
                           temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
                           stop=_stop_list(body.stop))
     model = body.model if kb and body.model.startswith(KB_PREFIX) else services.model_name()
-    run = ThreadedChat(services, chat, question, history, options)
+    run = ThreadedChat(services, chat, question, history, options, request)
     events = run.events()
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
@@ -220,7 +220,10 @@ def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     emb = services.kbs.embedder(spec)
     if body.dimensions is not None and body.dimensions != emb.dim:
         raise APIError(400, f"dimensions: model '{emb.name}' produces {emb.dim}-dimensional vectors", "invalid_input")
-    vectors = np.asarray(emb.encode_documents(texts), dtype=np.float32)
+    if body.input_type in ("query", "search_query"):
+        vectors = np.asarray([emb.encode_query(t) for t in texts], dtype=np.float32)
+    else:
+        vectors = np.asarray(emb.encode_documents(texts), dtype=np.float32)
     tokens = sum(emb.count_tokens(t) for t in texts)
     data = []
     for i, v in enumerate(vectors):

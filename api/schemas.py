@@ -52,6 +52,10 @@ class EmbeddingRequest(BaseModel):
                               description="A packaged embedding key, 'kb:<name>' (that KB's model), else the default")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=100000)
+    # Our default model encodes questions differently from passages: remote clients (a kbchat KB whose
+    # embedding_model is this server) ask for query encodings with it. Cohere's names are accepted too.
+    input_type: Literal["query", "document", "passage", "search_query", "search_document"] | None = Field(
+        None, description="'query' for search questions; 'document' (the default) for texts to be searched")
 
 
 # --- knowledge bases ------------------------------------------------------------------------

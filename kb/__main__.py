@@ -1,5 +1,5 @@
-"""Command line: ``python -m kb {list,create,delete,ingest,files,rm,rebuild,search,jobs,cancel,export,import,
-eval,chat}``.
+"""Command line: ``python -m kb {list,create,set,delete,ingest,files,rm,rebuild,search,jobs,cancel,export,import,
+feedback,users,eval,chat,models}``.
 
 Every subcommand takes ``--data-dir``. Errors are one line on stderr and exit code 1 or 2,
 never a traceback.
@@ -21,7 +21,7 @@ from kb.types import KBError
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--data-dir", type=Path, help="knowledge base root (default: knowledge_base/)")
-    p.add_argument("--embedding-model", help="packaged key or local sentence-transformers dir")
+    p.add_argument("--embedding-model", help="packaged key, local sentence-transformers dir or http(s)://HOST:PORT/v1#MODEL")
     return p
 
 
@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-overlap", type=int)
     p.add_argument("--alpha", type=float, help="hybrid weight of the dense score")
     p.add_argument("--no-title-prefix", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", parents=[common], help="packaged and configured models, and their speed here")
+    p.add_argument("--measure", nargs="*", metavar="MODEL",
+                   help="measure the speed of these models now (none named: every installed one; minutes)")
+    p.add_argument("--llm-model", help="the chat model to measure (default: the configured one)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("chat", parents=[common], help="terminal chat (with --kb: over a knowledge base)")
     p.add_argument("--kb")
@@ -237,6 +242,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"wrote {n} rated answers to {args.output}", file=sys.stderr)
     elif args.cmd == "users":
         return _users(args, manager)
+    elif args.cmd == "models":
+        from kb.catalog import catalog, render
+
+        used: dict[str, list[str]] = {}
+        for info in manager.list():
+            used.setdefault(info["embedding_model"], []).append(info["name"])
+        cat = catalog(settings, used, measure=args.measure)
+        print(json.dumps(cat, ensure_ascii=False, indent=1) if args.json else render(cat))
     elif args.cmd == "chat":
         return _chat(args, settings, manager)
     return 0

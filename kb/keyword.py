@@ -23,7 +23,7 @@ _K1 = 1.2
 _B = 0.75
 
 _TOKEN_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[a-zA-Z][a-zA-Z0-9'\-]*|\d+(?:\.\d+)?|[^\W\d_]+", re.UNICODE)
-_CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_HAN_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # Han only: what jieba segments (not kb.cjk.CJK)
 _LATIN_RE = re.compile(r"[a-zA-Z]")
 _STOP = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were what when where "
@@ -69,7 +69,7 @@ def tokenize(text: str) -> list[str]:
     latin: list[str] = []
     for m in _TOKEN_RE.finditer(text):
         tok = m.group(0)
-        if _CJK_RE.match(tok):
+        if _HAN_RE.match(tok):
             simplified = _t2s().convert(tok)  # type: ignore[attr-defined]
             # Search mode also emits the sub-words of long words (苹果手机 -> 苹果, 手机, 苹果手机), so
             # a query and a text segmented differently still share tokens.

@@ -11,17 +11,19 @@ Ingest and rebuild run as durable jobs (``kb.jobs``): one at a time per KB, any 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import queue
 import re
 import tempfile
 import threading
 import time
 import unicodedata
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,6 @@ _NAME_RE = re.compile(r"^[^\W_][\w\-. ]{0,63}$")
 # Every format is parsed in a child process with time and memory limits, so a hostile file cannot stall or
 # crash the server. Text formats use pooled long-lived children (cheap per file); PDF, Office and images get a
 # fresh child each (native parsers, OCR).
-_TEXT_FORMATS = {".txt", ".md", ".markdown", ".csv", ".tsv", ".json", ".html", ".htm", ".xml"}
 _EMBED_BATCH_CHUNKS = 256  # chunks gathered across small files before one embedding call
 EXPORT_FORMAT = 1
 
@@ -118,6 +119,84 @@ class _Loaded:
     vectors: np.ndarray | None = None
 
 
+class _Reader:
+    """Loads and chunks a job's files, in order, in a thread of its own, a few files ahead of the embedder.
+
+    Yields ``(index, item, loaded, reason)``: ``reason`` when the file failed; ``loaded`` None (and no reason)
+    when its bytes are already indexed in the KB or came earlier in this job, which the consumer settles."""
+
+    AHEAD = 4  # files loaded ahead: enough to hide a slow parse behind one embedding batch
+
+    def __init__(self, kb: KnowledgeBase, files: list[dict[str, Any]], done: set[int], cfg: KBSettings,
+                 emb: Embedder):
+        self.kb, self.files, self.done, self.cfg, self.emb = kb, files, done, cfg, emb
+        self.started: dict[int, float] = {}
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ingest-reader-{kb.name}")
+
+    def __enter__(self) -> _Reader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a put, then let it see the stop
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.1)
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any], _Loaded | None, str | None]]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def ready(self) -> bool:
+        """Whether the next file (or the end) is already waiting."""
+        return not self._queue.empty()
+
+    def load(self, i: int, item: dict[str, Any]) -> tuple[_Loaded | None, str | None]:
+        try:
+            return self.kb._load_and_chunk(i, item, self.cfg, self.emb, self.started[i]), None
+        except LoadError as e:
+            return None, e.reason
+        except Exception as e:  # a bug or a library failure must not take the job down
+            log.exception("ingest of %s failed", item["name"])
+            return None, f"internal error: {type(e).__name__}: {e}"
+
+    def _put(self, value: Any) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(value, timeout=0.1)
+                return True
+        return False
+
+    def _run(self) -> None:
+        seen: set[str] = set()
+        try:
+            for i, item in enumerate(self.files):
+                if i in self.done:
+                    continue
+                self.started[i] = time.monotonic()
+                sha = item.get("sha256")
+                if item.get("error") or not sha:
+                    out = (i, item, None, item.get("error") or "no data")
+                elif sha in seen or self.kb._duplicate(sha) is not None:
+                    out = (i, item, None, None)
+                else:
+                    seen.add(sha)
+                    loaded, reason = self.load(i, item)
+                    out = (i, item, loaded, reason)
+                if not self._put(out):
+                    return
+            self._put(None)
+        except BaseException as e:  # handed to the consumer, which fails the job with it
+            self._put(e)
+
+
 @dataclass
 class KBSettings:
     """The settings a KB is built with (recorded with it, so a rebuild is reproducible)."""
@@ -153,7 +232,16 @@ class KnowledgeBase:
 
     @property
     def embedder(self) -> Embedder:
-        return self.manager.embedder(self.row().embedding_model)
+        return self._embedder(self.row())
+
+    def _embedder(self, row: KBRow) -> Embedder:
+        """The KB's model, checked against the vectors it holds: a remote server (or a local directory) may
+        now serve a model of another size, whose vectors cannot be compared with these."""
+        emb = self.manager.embedder(row.embedding_model)
+        if emb.dim != row.dim:
+            raise KBError(f"embedding model {row.embedding_model} now gives {emb.dim}-dimensional vectors but "
+                          f"knowledge base '{row.name}' holds {row.dim}-dimensional ones: rebuild it")
+        return emb
 
     @property
     def search_mode(self) -> str:
@@ -227,7 +315,7 @@ class KnowledgeBase:
 
     def _search(self, row: KBRow, query: str, params: SearchParams) -> list[Hit]:
         want = params.top_k
-        qvec = self.manager.embedder(row.embedding_model).encode_query(query) if params.mode != "keyword" else None
+        qvec = self._embedder(row).encode_query(query) if params.mode != "keyword" else None
         candidates = self.manager.index.search(row.index_name(), qvec, query, max(CANDIDATES, want), params.mode)
         ranked = fuse(candidates, params.mode, params.alpha)
         hits = self._hits(row, ranked)
@@ -297,6 +385,31 @@ class KnowledgeBase:
         job = self.submit_ingest(paths, names, replace, reserve=True)
         return self._wait(job, progress)
 
+    def submit_documents(self, docs: Sequence[Any], replace: bool = False, reserve: bool = False) -> dict[str, Any]:
+        """Queue an ingest job for already-extracted documents (LangChain ``Document``s: ``page_content`` and
+        ``metadata`` with ``source``, ``page``, ``heading``/``title``). Each source becomes one stored file
+        (a ``.kbdocs`` bundle, see ``kb.loaders.bundle``), so dedup, chunking and job semantics are an upload's."""
+        from kb.loaders.bundle import make_bundles
+
+        bundles = make_bundles(docs)
+        if not bundles:
+            raise KBError("no documents to add")
+        items: list[dict[str, Any]] = []
+        for name, data in bundles:
+            item: dict[str, Any] = {"name": safe_file_name(name)}
+            if len(data) > self.settings.max_file_mb * 1024 * 1024:
+                item["error"] = f"too large: {len(data) / 2**20:.1f} MB > limit {self.settings.max_file_mb} MB"
+            else:
+                item |= {"sha256": self.manager.store_blob(data), "size": len(data)}
+            items.append(item)
+        return self.manager.jobs.submit("ingest", self.row(), {"files": items, "replace": bool(replace)}, reserve)
+
+    def add_documents(self, docs: Sequence[Any], progress: Progress | None = None,
+                      replace: bool = False) -> list[FileResult]:
+        """Index documents and wait for the per-file (per-source) results, like ``ingest``."""
+        job = self.submit_documents(docs, replace, reserve=True)
+        return self._wait(job, progress)
+
     def submit_rebuild(self, embedding_model: str | None = None, chunk_size: int | None = None,
                        chunk_overlap: int | None = None, reserve: bool = False) -> dict[str, Any]:
         row = self.row()
@@ -319,7 +432,8 @@ class KnowledgeBase:
             raise KBError(job["error"] or "the job failed")
         if job["status"] == "cancelled":
             raise KBError("the job was cancelled")
-        return [FileResult.from_dict(r) for r in job["result"] or []]
+        # In the order the files were given (results are recorded as files finish, failures first).
+        return [FileResult.from_dict(r) for r in sorted(job["result"] or [], key=lambda r: r.get("index", 0))]
 
     # --- writing: deletes -----------------------------------------------------------------------
     def delete_file(self, file: str) -> dict[str, Any]:
@@ -340,38 +454,58 @@ class KnowledgeBase:
 
     # --- the jobs' work -------------------------------------------------------------------------
     def run_ingest(self, ctx: JobContext) -> None:
+        """Parse and split in a reader thread (the loaders themselves run in child processes) while this thread
+        embeds and commits, so ingestion runs at the embedder's speed instead of parse + embed in turn."""
         files = ctx.payload["files"]
         replace = bool(ctx.payload.get("replace"))
         done = {r["index"] for r in ctx.results if "index" in r}
         row = self.row()
         cfg = KBSettings.of(row)
-        emb = self.manager.embedder(cfg.embedding_model)
+        emb = self._embedder(row)
         batch: list[_Loaded] = []
         total = len(files)
-        for i, item in enumerate(files):
-            ctx.check()
-            if i in done:
-                continue
-            ctx.progress(i / max(total, 1), f"{i + 1}/{total} {item['name']}")
-            started = time.monotonic()
-            if item.get("error") or not item.get("sha256"):
-                self._record_failure(ctx, i, item, item.get("error") or "no data", started)
-                continue
-            dup = self._duplicate(item["sha256"])
-            if dup is not None:
-                self._record(ctx, FileResult(name=item["name"], status="duplicate", file_id=item["sha256"],
-                                             chunks=dup.chunks, duplicate_of=dup.name), i)
-                continue
-            try:
-                batch.append(self._load_and_chunk(i, item, cfg, emb, started))
-            except LoadError as e:
-                self._record_failure(ctx, i, item, e.reason, started)
-            except Exception as e:  # a bug or a library failure must not take the batch down
-                log.exception("ingest of %s failed", item["name"])
-                self._record_failure(ctx, i, item, f"internal error: {type(e).__name__}: {e}", started)
-            if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH_CHUNKS:
-                self._embed_and_commit(ctx, batch, emb, replace)
-        self._embed_and_commit(ctx, batch, emb, replace)
+        first_of: dict[str, int] = {}  # sha256 -> index of its first file in this job
+        outcome: dict[int, FileResult | str] = {}  # index -> its result, or the reason it failed
+        with _Reader(self, files, done, cfg, emb) as reader:
+            for i, item, loaded, reason in reader:
+                ctx.check()
+                ctx.progress(i / max(total, 1), f"{i + 1}/{total} {item['name']}")
+                started = reader.started[i]
+                sha = item.get("sha256")
+                twin = first_of.setdefault(sha, i) if sha else i
+                if reason is not None:
+                    self._record_failure(ctx, i, item, reason, started)
+                    outcome[i] = reason
+                    continue
+                if twin != i:  # the same bytes earlier in this job: its fate is this file's
+                    if twin in {p.index for p in batch}:
+                        self._embed_and_commit(ctx, batch, emb, replace, outcome)
+                    prior = outcome.get(twin, "failed")
+                    if isinstance(prior, FileResult):
+                        self._record(ctx, FileResult(name=item["name"], status="duplicate", file_id=sha,
+                                                     chunks=prior.chunks,
+                                                     duplicate_of=prior.duplicate_of or prior.name), i)
+                    else:
+                        self._record_failure(ctx, i, item, prior, started)
+                    continue
+                dup = self._duplicate(sha)
+                if dup is not None:
+                    outcome[i] = FileResult(name=item["name"], status="duplicate", file_id=sha, chunks=dup.chunks,
+                                            duplicate_of=dup.name)
+                    self._record(ctx, outcome[i], i)
+                    continue
+                if loaded is None:  # the reader skipped it as a duplicate that no longer is one (deleted since)
+                    loaded, reason = reader.load(i, item)
+                    if loaded is None:
+                        self._record_failure(ctx, i, item, reason or "failed", started)
+                        outcome[i] = reason or "failed"
+                        continue
+                batch.append(loaded)
+                # Embed now when the batch is full, or when the next file is not parsed yet: the embedder never
+                # waits for a full batch while the reader works, and the reader parses while this embeds.
+                if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH_CHUNKS or not reader.ready():
+                    self._embed_and_commit(ctx, batch, emb, replace, outcome)
+            self._embed_and_commit(ctx, batch, emb, replace, outcome)
         ctx.progress(1.0, "done")
 
     def _duplicate(self, sha: str) -> FileRow | None:
@@ -409,18 +543,21 @@ class KnowledgeBase:
         ctx.embedded += sum(len(p.texts) for p in batch if p.vectors is not None)
         return failures
 
-    def _embed_and_commit(self, ctx: JobContext, batch: list[_Loaded], emb: Embedder, replace: bool) -> None:
+    def _embed_and_commit(self, ctx: JobContext, batch: list[_Loaded], emb: Embedder, replace: bool,
+                          outcome: dict[int, FileResult | str] | None = None) -> None:
         if not batch:
             return
         ctx.check()
+        outcome = {} if outcome is None else outcome
         for p, reason in self._embed(ctx, batch, emb):
             self._record_failure(ctx, p.index, {"name": p.name, "sha256": p.sha256, "size": p.size}, reason, p.started)
+            outcome[p.index] = reason
         for p in batch:
             if p.vectors is not None:
-                self._commit_file(ctx, p, replace)
+                outcome[p.index] = self._commit_file(ctx, p, replace)
         batch.clear()
 
-    def _commit_file(self, ctx: JobContext, p: _Loaded, replace: bool) -> None:
+    def _commit_file(self, ctx: JobContext, p: _Loaded, replace: bool) -> FileResult:
         """One transaction: the file, its chunks and its result; then the index."""
         with self.db.session() as s:
             row = self.db.lock_kb(s, self.id)
@@ -457,6 +594,7 @@ class KnowledgeBase:
             index = row.index_name()
         self.manager.index.add(index, row.dim, ids, p.vectors, p.texts)
         self.manager.drop_chunks([index], gone)
+        return result
 
     def _persist_result(self, s: Any, ctx: JobContext, result: FileResult, index: int) -> None:
         from kb.db import JobRow
@@ -579,16 +717,15 @@ class KnowledgeBase:
         self.manager.drop_retired_indexes()
 
     def _load(self, data: bytes, name: str) -> LoadedFile:
-        from kb.loaders import LoaderOptions, load_file_isolated
+        from kb.loaders import LoaderOptions
         from kb.loaders.worker import load_file_pooled
 
         s = self.settings
         opts = LoaderOptions(max_pages=s.max_pages, ocr=s.ocr, max_file_mb=s.max_file_mb, timeout_s=s.file_timeout_s)
-        loader = load_file_pooled if _ext(name) in _TEXT_FORMATS else load_file_isolated
         with tempfile.NamedTemporaryFile(dir=s.tmp_dir, suffix=_ext(name)) as tmp:
             tmp.write(data)
             tmp.flush()
-            return loader(Path(tmp.name), name=Path(name).name, options=opts)
+            return load_file_pooled(Path(tmp.name), name=Path(name).name, options=opts)
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -666,13 +803,17 @@ class KnowledgeBaseManager:
         return run
 
     def embedder(self, spec: str | None = None) -> Embedder:
+        from kb.remote import remote_options  # keys and request options of a remote model, from settings
+
         return create_embedder(spec or self.settings.embedding_model, self.settings.embed_batch_size,
-                               self.settings.n_threads)
+                               self.settings.n_threads, remote=remote_options(self.settings, "embedding"),
+                               models_dir=self.settings.models_dir)
 
     def reranker(self) -> Callable[[str, list[Hit]], list[Hit]] | None:
+        from kb.remote import remote_options
         from kb.rerank import get_reranker
 
-        return get_reranker(self.settings.rerank_model)
+        return get_reranker(self.settings.rerank_model, remote=remote_options(self.settings, "rerank"))
 
     # --- KBs ----------------------------------------------------------------------------------------
     def _by_id(self, kb_id: int) -> KnowledgeBase:

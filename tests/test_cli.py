@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from configs.settings import load_settings
 from conftest import DOCUMENTS, REPO, RETRIEVAL
 
 
@@ -86,3 +87,26 @@ def test_terminal_chat_answers_and_exits(tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
     answer = proc.stdout.split("assistant> ", 1)[1].split("user>", 1)[0]
     assert answer.strip()
+
+
+def test_models_lists_packaged_and_configured_models_with_measured_speed(tmp_path):
+    listing = json.loads(kb_cli("models", "--json", data_dir=tmp_path).stdout)
+    embedders = {r["model"]: r for r in listing["embedding"]}
+    assert {"minilm", "use-multilingual", "minilm+use"} <= set(embedders)
+    assert all(r["installed"] for r in embedders.values() if "package" in r)
+    assert [r["model"] for r in listing["embedding"] if r["default"]] == [load_settings().embedding_model]
+    assert "zh_chunks_per_s" not in embedders["use-multilingual"]  # nothing measured yet
+    llms = {r["model"]: r for r in listing["llm"]}
+    assert llms["smollm2-135m"]["installed"] is True
+
+    kb_cli("models", "--measure", "use-multilingual", "smollm2-135m", "--llm-model", "smollm2-135m",
+           "--json", data_dir=tmp_path)
+    # The measurement is kept: a plain listing shows it without measuring again.
+    text = kb_cli("models", "--llm-model", "smollm2-135m", data_dir=tmp_path).stdout
+    line = next(ln for ln in text.splitlines() if " use-multilingual " in ln)
+    zh = float(line.split("zh")[1].split("/s")[0])
+    en = float(line.split("en")[1].split("/s")[0])
+    assert zh > 1 and en > 1 and "measured" in line
+    smol = next(ln for ln in text.splitlines() if " smollm2-135m " in ln)
+    assert float(smol.split()[2 if smol.startswith(" *") else 1]) > 0, smol  # tok/s, measured here
+    assert "speed not measured" in next(ln for ln in text.splitlines() if " minilm " in ln)

@@ -136,3 +136,34 @@ def test_ensemble_score_is_language_weighted_mix_of_cosines():
     expected = w * (en.encode_documents(docs) @ en.encode_query(q)) + (1 - w) * (
         multi.encode_documents(docs) @ multi.encode_query(q))
     assert np.allclose(d @ ens.encode_query(q), expected, atol=1e-4)
+
+
+def test_routed_ensemble_gives_cjk_chunks_to_the_multilingual_model_only():
+    from kb.embeddings import create_embedder
+
+    routed, plain = create_embedder("minilm+use-routed"), create_embedder("minilm+use")
+    en, multi = create_embedder("minilm"), create_embedder("use-multilingual")
+    docs = ["苹果公司发布了新手机，售价比去年更低。", "The cat sits on the mat.", "流水线并行（pipeline parallelism）把模型按层切分到多张显卡上，每张卡只保存一部分层的参数。"]
+    calls: list[list[str]] = []
+    original = en.encode_documents
+
+    def spy(texts):  # records what the English model is asked to read; the real model still runs
+        calls.append(list(texts))
+        return original(texts)
+
+    en.encode_documents = spy  # type: ignore[method-assign]
+    try:
+        d = routed.encode_documents(docs)
+    finally:
+        del en.encode_documents
+    assert calls == [["The cat sits on the mat."]]  # mostly-CJK chunks never reach the English model
+    assert np.allclose(d[1], plain.encode_documents(docs)[1], atol=1e-5)  # English chunks: stored as before
+    assert np.allclose(d[[0, 2], :en.dim], 0.0)
+    # One score, one meaning: a Chinese query scores every chunk exactly as the unrouted ensemble does.
+    zh = "苹果的新手机"
+    assert np.allclose(d @ routed.encode_query(zh), plain.encode_documents(docs) @ plain.encode_query(zh), atol=1e-4)
+    # An English query scores a CJK chunk by its multilingual cosine only (the English cosine counts as 0).
+    q = "What is pipeline parallelism?"
+    w = routed.query_weight(q)
+    assert d[2] @ routed.encode_query(q) == pytest.approx((1 - w) * float(multi.encode_documents([docs[2]])[0]
+                                                                         @ multi.encode_query(q)), abs=1e-4)

@@ -256,3 +256,81 @@ def test_concurrent_uploads_and_search_during_rebuild(tmp_path: Path) -> None:
     assert [r.status for r in rebuild.results] == ["indexed"] * 24
     check_readers_see_the_whole_kb()
     consistent(kb)
+
+
+def test_same_bytes_twice_in_one_job_are_indexed_once(manager, tmp_path):
+    kb = manager.create("twins")
+    a = tmp_path / "notes.md"
+    a.write_text("# Notes\n\nThe launch code is PELICAN-42.\n", encoding="utf-8")
+    b = tmp_path / "copy-of-notes.md"
+    b.write_bytes(a.read_bytes())
+    bad = tmp_path / "broken.pdf"
+    bad.write_bytes(b"%PDF-1.7 this is not a pdf")
+    bad2 = tmp_path / "broken-again.pdf"
+    bad2.write_bytes(bad.read_bytes())
+    results = kb.ingest([a, b, bad, bad2])
+    assert [r.status for r in results] == ["indexed", "duplicate", "failed", "failed"], [r.message() for r in results]
+    assert results[1].duplicate_of == "notes.md"
+    assert results[3].error == results[2].error
+    assert [f["name"] for f in kb.files() if f["status"] == "indexed"] == ["notes.md"]
+    consistent(kb)
+
+
+def test_parsing_runs_beside_embedding(manager, tmp_path, monkeypatch):
+    """The next file is parsed while the previous one is being embedded (not parse, embed, parse, embed)."""
+    import time
+
+    import kb.service as service
+
+    monkeypatch.setattr(service, "_EMBED_BATCH_CHUNKS", 1)  # one embedding call per file
+    kb = manager.create("pipeline")
+    windows: dict[str, list[tuple[float, float]]] = {"load": [], "embed": []}
+    real_load, emb = service.KnowledgeBase._load, kb.embedder
+    real_encode = emb.encode_documents
+
+    def timed(kind, fn):
+        def run(*args, **kwargs):
+            t = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                windows[kind].append((t, time.monotonic()))
+        return run
+
+    def slow_encode(texts):  # the real model, made slower than parsing so an overlap cannot be missed
+        time.sleep(0.5)
+        return real_encode(texts)
+
+    monkeypatch.setattr(service.KnowledgeBase, "_load", timed("load", real_load))
+    monkeypatch.setattr(emb, "encode_documents", timed("embed", slow_encode))
+    files = []
+    for n in range(4):
+        f = tmp_path / f"doc{n}.md"
+        f.write_text(f"# Doc {n}\n\n第{n}号文件讲的是流水线并行与数据并行的区别。\n", encoding="utf-8")
+        files.append(f)
+    results = kb.ingest(files)
+    assert [r.status for r in results] == ["indexed"] * 4
+    overlapped = [(ls, le) for ls, le in windows["load"] for es, ee in windows["embed"] if ls < ee and es < le]
+    assert len(overlapped) >= 2, windows
+    consistent(kb)
+
+
+def test_a_model_that_changed_size_is_a_clear_error_not_a_crash(settings, tmp_path):
+    """A remote server (or a local model directory) that now serves another dimension than the KB holds."""
+    from kb.db import KBRow
+
+    manager = KnowledgeBaseManager(settings.model_copy(update={"embedding_model": "use-multilingual"}))
+    kb = manager.create("resized")
+    f = tmp_path / "a.md"
+    f.write_text("# A\n\nThe launch code is PELICAN-42.\n", encoding="utf-8")
+    assert kb.ingest([f])[0].status == "indexed"
+    with manager.db.session() as s:  # what a KB built when the model gave 384-dimensional vectors looks like
+        s.get(KBRow, kb.id).dim = 384
+    with pytest.raises(KBError, match=r"now gives 512-dimensional vectors.*holds 384.*rebuild it"):
+        kb.search("launch code", mode="dense")
+    g = tmp_path / "b.md"
+    g.write_text("# B\n\nAnother file.\n", encoding="utf-8")
+    with pytest.raises(KBError, match="rebuild it"):
+        kb.ingest([g])
+    assert kb.search("launch code", mode="keyword", threshold=0.0)[0].file == "a.md"  # keyword needs no vectors
+    assert [f["name"] for f in kb.files()] == ["a.md"]

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 Messages = list[dict[str, Any]]
 
 # Setting name -> ChatOptions field (the two names differ for historical reasons in a few places).
+# The answer bubble while the model is busy with others: (next in line, n ahead).
+_QUEUED = {"en": ("⏳ Waiting for the model: you are next", "⏳ {n} ahead of you in the queue"),
+           "zh": ("⏳ 正在排队：下一个就是你", "⏳ 前面还有 {n} 个请求在排队")}
 _OPTION_OF = {
     "temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens", "history_turns": "history_turns",
     "top_k": "top_k", "score_threshold": "threshold", "search_mode": "mode", "condense_question": "condense",
@@ -227,7 +230,7 @@ def build_chat_tab(services: Services) -> ChatTab:
         if mode_value == "kb" and not kbs:
             yield keep(msg("no_kb_chosen", lang))
             return
-        options = ChatOptions(kb=kbs or None)
+        options = ChatOptions(kb=kbs or None, user=services.ui_chat_user(request))  # fair queue, per-user cap
         for name, value in zip(param_names, values, strict=True):
             setattr(options, _OPTION_OF[name], coerce(settings, name, value))
         try:
@@ -237,7 +240,7 @@ def build_chat_tab(services: Services) -> ChatTab:
                 cid = store.create(who.id, kbs=kbs)["id"]
             history = store.history(who.id, cid, before=replace)
             question = store.ask(who.id, cid, text, kbs, replace)
-            services.chat_slots.acquire()  # shared with the API: both feed the same model
+            services.chat_slots.acquire(options.user)  # shared with the API: both feed the same model
         except (KBError, Busy) as e:
             yield keep(str(e))
             return
@@ -257,6 +260,11 @@ def build_chat_tab(services: Services) -> ChatTab:
                 if event.type in ("sources", "token"):
                     messages[-1] = {"role": "assistant", "content": as_text(recorder.text or "…") + footer}
                     yield messages, cid, ids, "", gr.skip()
+                elif event.type == "queue":  # the model is busy: shown in the bubble until the first token
+                    ahead = int(event.data["ahead"])
+                    note = _QUEUED[lang][1 if ahead else 0].format(n=ahead)
+                    messages[-1] = {"role": "assistant", "content": note + footer}
+                    yield messages, cid, ids, "", gr.skip()
         except GeneratorExit:  # the browser went away mid-answer: stop the model too, not just the UI updates
             cancel.set()
             recorder.status = "stopped"
@@ -271,7 +279,7 @@ def build_chat_tab(services: Services) -> ChatTab:
             recorder.status = "error"
         finally:
             cancels.done(session, cancel)
-            services.chat_slots.release()
+            services.chat_slots.release(options.user)
         if cancel.is_set() and recorder.status == "done":
             recorder.status = "stopped"
         if not recorder.stored:

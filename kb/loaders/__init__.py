@@ -18,8 +18,10 @@ HTML_EXTENSIONS = frozenset({".html", ".htm", ".xhtml", ".xml"})
 TABLE_EXTENSIONS = frozenset({".csv", ".tsv", ".xlsx"})
 OFFICE_EXTENSIONS = frozenset({".docx", ".pptx", ".epub"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+BUNDLE_EXTENSION = ".kbdocs"  # already-extracted documents (kb.loaders.bundle: LangChain Documents)
 SUPPORTED_EXTENSIONS: frozenset[str] = (
-    TEXT_EXTENSIONS | HTML_EXTENSIONS | TABLE_EXTENSIONS | OFFICE_EXTENSIONS | IMAGE_EXTENSIONS | {".pdf"}
+    TEXT_EXTENSIONS | HTML_EXTENSIONS | TABLE_EXTENSIONS | OFFICE_EXTENSIONS | IMAGE_EXTENSIONS
+    | {".pdf", BUNDLE_EXTENSION}
 )
 # Formats we recognise but cannot read: a specific hint beats "unsupported file type".
 _LEGACY = {".doc": "legacy Word .doc is not supported: convert it to .docx",
@@ -72,6 +74,10 @@ def _dispatch(path: Path, ext: str, options: LoaderOptions) -> LoadedFile:
         from kb.loaders.html import load_html
 
         return load_html(path, ext, options)
+    if ext == BUNDLE_EXTENSION:
+        from kb.loaders.bundle import load_bundle
+
+        return load_bundle(path, options)
     if ext in TEXT_EXTENSIONS:
         from kb.loaders.text import load_text
 

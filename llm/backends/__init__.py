@@ -19,7 +19,8 @@ def create_backend(settings: Any) -> LLMBackend:
 
         path = resolve_gguf(settings.llm_model, settings.models_dir)
         return LlamaCppBackend(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, name=settings.llm_model,
-                               socket_dir=settings.tmp_dir)
+                               socket_dir=settings.tmp_dir, slots=getattr(settings, "llm_slots", 1),
+                               n_ubatch=getattr(settings, "llm_ubatch", None))
     if kind == "transformers":
         from llm.backends.transformers_backend import TransformersBackend
 

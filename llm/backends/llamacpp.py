@@ -1,4 +1,9 @@
-"""llama.cpp backend through xllamacpp: one in-process server per GGUF, requests serialised.
+"""llama.cpp backend through xllamacpp: one in-process server per GGUF with ``slots`` parallel sequences.
+
+llama.cpp batches the running slots together (continuous batching), so on a CPU several conversations decode
+faster together than one after another. Each slot gets its own ``n_ctx`` window (the server is given
+``n_ctx * slots``, which llama.cpp splits evenly). Callers beyond ``slots`` wait here (FIFO-ish, a semaphore);
+the app's fair queue (llm/scheduler.py) sits in front and never sends more than ``slots``.
 
 Prompt length policy: nothing is trimmed silently. A prompt longer than ``n_ctx`` raises LLMError (llama.cpp
 checks it exactly, with the real tokenizer). A prompt that fits but leaves less room than ``max_tokens`` gets an
@@ -27,7 +32,8 @@ _MAX_SOCKET_PATH = 100
 
 class LlamaCppBackend:
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int = 2, name: str | None = None,
-                 socket_dir: Path | None = None):
+                 socket_dir: Path | None = None, slots: int = 1, n_batch: int | None = None,
+                 n_ubatch: int | None = None):
         import xllamacpp  # lazy: loads a native library
 
         self.model_path = Path(model_path)
@@ -36,14 +42,25 @@ class LlamaCppBackend:
         self.name = name or self.model_path.stem
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        if slots < 1:
+            raise LLMError(f"llm_slots must be >= 1, not {slots}")
+        self.slots = slots
         self.last_timings: dict[str, Any] | None = None
 
         p = xllamacpp.CommonParams()
         p.model.path = str(self.model_path)
-        p.n_ctx = n_ctx
+        # Per-slot windows: llama.cpp divides the total by n_parallel (kv_unified off), so each conversation
+        # gets exactly n_ctx and the prompt-length checks keep their meaning.
+        p.n_ctx = n_ctx * slots
+        p.n_parallel = slots
+        p.kv_unified = False
+        p.cont_batching = True  # running slots decode in one batch; a new prompt joins without a pause
+        if n_batch is not None:
+            p.n_batch = n_batch
+        if n_ubatch is not None:
+            p.n_ubatch = n_ubatch
         p.cpuparams.n_threads = n_threads
         p.cpuparams_batch.n_threads = n_threads
-        p.n_parallel = 1  # one slot gets the whole window; users queue on self._lock instead
         p.verbosity = -1
         p.ui = False
         p.offline = True
@@ -65,7 +82,11 @@ class LlamaCppBackend:
             self._server = xllamacpp.Server(p)
         except RuntimeError as e:
             raise LLMError(f"cannot load GGUF model {self.model_path}: {e} (is the file a complete GGUF?)") from e
-        self._lock = threading.Lock()
+        # More direct callers than slots wait here instead of in llama.cpp's deferred queue, where a cancelled
+        # request would still start before it noticed the cancel.
+        self._free = threading.BoundedSemaphore(slots)
+        self._count_lock = threading.Lock()
+        self.active = 0  # generations holding a slot
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
 
@@ -95,6 +116,7 @@ class LlamaCppBackend:
             "path": str(self.model_path),
             "n_ctx": self.n_ctx,
             "n_threads": self.n_threads,
+            "slots": self.slots,
             "last_timings": self.last_timings,
         }
 
@@ -131,7 +153,7 @@ class LlamaCppBackend:
     def _generate(self, body: dict[str, Any], cancel: threading.Event | None) -> Iterator[str]:
         q: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()  # set when the consumer goes away (close / GeneratorExit / error)
-        started = threading.Event()  # set once the worker holds the lock and generates
+        started = threading.Event()  # set once the worker holds a slot and generates
         worker = threading.Thread(target=self._run, args=(body, q, stop, started, cancel), daemon=True,
                                   name="llamacpp-gen")
         worker.start()
@@ -145,7 +167,7 @@ class LlamaCppBackend:
                 yield item
         finally:
             stop.set()
-            # A generating worker stops at its next token; waiting for it makes close() leave the lock free and
+            # A generating worker stops at its next token; waiting for it makes close() leave the slot free and
             # leaves no native call running at interpreter exit. A still-queued worker is not waited for (it
             # would mean waiting behind other users): it skips its turn by itself.
             if started.is_set():
@@ -158,15 +180,19 @@ class LlamaCppBackend:
 
         try:
             # Poll so a request cancelled while queued behind others never runs.
-            while not self._lock.acquire(timeout=0.1):
+            while not self._free.acquire(timeout=0.1):
                 if halted():
                     return
+            with self._count_lock:
+                self.active += 1
             try:
                 started.set()
                 if not halted():
                     self._run_locked(body, q, halted)
             finally:
-                self._lock.release()
+                with self._count_lock:
+                    self.active -= 1
+                self._free.release()
         except LLMError as e:
             q.put(e)
         except ValueError as e:  # xllamacpp raises ValueError for malformed requests
