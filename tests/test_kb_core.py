@@ -143,7 +143,8 @@ def test_routed_ensemble_gives_cjk_chunks_to_the_multilingual_model_only():
 
     routed, plain = create_embedder("minilm+use-routed"), create_embedder("minilm+use")
     en, multi = create_embedder("minilm"), create_embedder("use-multilingual")
-    docs = ["苹果公司发布了新手机，售价比去年更低。", "The cat sits on the mat.", "流水线并行（pipeline parallelism）把模型按层切分到多张显卡上，每张卡只保存一部分层的参数。"]
+    docs = ["苹果公司发布了新手机，售价比去年更低。", "The cat sits on the mat.",
+            "流水线并行（pipeline parallelism）把模型按层切分到多张显卡上，每张卡只保存一部分层的参数。"]
     calls: list[list[str]] = []
     original = en.encode_documents
 
