@@ -8,6 +8,7 @@ that PyPI packages carry in their wheels (no hub download, ever).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import threading
 from collections.abc import Callable, Sequence
@@ -61,6 +62,10 @@ class SentenceTransformerEmbedder:
         self.max_tokens = int(self.model.max_seq_length or 512)
         self.batch_size = batch_size
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
+        # A fast tokenizer is not safe to use from two threads (encode sets its padding state): ingestion counts
+        # tokens in its reader thread while this model encodes, so counting has a tokenizer of its own.
+        self._counter = copy.deepcopy(self.model.tokenizer)
+        self._count_lock = threading.Lock()
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -75,7 +80,8 @@ class SentenceTransformerEmbedder:
         return _normalise(m)[0]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
+        with self._count_lock:
+            return len(self._counter(text, add_special_tokens=True)["input_ids"])
 
 
 class _BatchedEmbedder:

@@ -133,7 +133,7 @@ def test_export_from_local_import_into_milvus_without_reembedding(engines, tmp_p
     assert "2 files" in out.stdout
 
     cluster = KnowledgeBaseManager(make_settings(tmp_path / "cluster", vector_store=milvus_uri))
-    emb = cluster.embedder("minilm+use")
+    emb = cluster.embedder()  # the default model the exported KB was made with
     monkeypatch.setattr(emb, "encode_documents", lambda texts: pytest.fail("import re-embedded chunks"))
     try:
         moved = cluster.import_kb(tmp_path / "move.zip")

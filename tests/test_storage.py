@@ -125,7 +125,7 @@ def test_failed_rebuild_leaves_the_kb_exactly_as_it_was(mgr, tmp_path, monkeypat
     kb.ingest(write_docs(tmp_path / "src", 4))
     before = assert_consistent(mgr, kb)
     generation = kb.row().generation
-    emb = mgr.embedder("minilm+use")
+    emb = kb.embedder  # the KB's own model
     real = emb.encode_documents
     calls = []
 
