@@ -301,7 +301,11 @@ def test_parsing_runs_beside_embedding(manager, tmp_path, monkeypatch):
         time.sleep(0.5)
         return real_encode(texts)
 
-    monkeypatch.setattr(service.KnowledgeBase, "_load", timed("load", real_load))
+    def slow_load(*args, **kwargs):  # parsing takes real time too, so a reader that runs ahead must overlap
+        time.sleep(0.2)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(service.KnowledgeBase, "_load", timed("load", slow_load))
     monkeypatch.setattr(emb, "encode_documents", timed("embed", slow_encode))
     files = []
     for n in range(4):
