@@ -12,3 +12,16 @@ def cjk_share(text: str) -> float:
     """Share of the letters of ``text`` that are CJK (0 when it has no letters)."""
     letters = [ch for ch in text if ch.isalpha()]
     return sum(1 for ch in letters if CJK.match(ch)) / max(len(letters), 1)
+
+
+# A word an English-only model can read inside CJK text: Latin letters (with accents) and digits, joined by
+# the marks that keep a term whole ("GPT-4", "3.5", "O'Neil").
+_LATIN_WORD = re.compile(r"[0-9A-Za-z\u00c0-\u024f]+(?:[.\-'+][0-9A-Za-z\u00c0-\u024f]+)*")
+
+
+def latin_view(text: str) -> str:
+    """What an English-only model should read of ``text``: the text itself when it has no CJK, else only its
+    Latin words and numbers (names, terms, years), "" when it has none."""
+    if not CJK.search(text):
+        return text
+    return " ".join(_LATIN_WORD.findall(text))

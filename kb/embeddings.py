@@ -1,7 +1,6 @@
 """Embedding backends behind one small interface.
 
-Every backend returns float32 rows, L2-normalised, so an inner product is a cosine similarity (the routed
-ensemble stores its CJK rows at length 1/sqrt(2) on purpose: see EnsembleEmbedder).
+Every backend returns float32 rows, L2-normalised, so an inner product is a cosine similarity.
 Backends: any local sentence-transformers directory (text2vec, M3E, bge, ...) and the models
 that PyPI packages carry in their wheels (no hub download, ever).
 """
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from kb.cjk import cjk_share
+from kb.cjk import cjk_share, latin_view
 from kb.types import KBError
 
 if TYPE_CHECKING:
@@ -143,15 +142,15 @@ class EnsembleEmbedder:
     query's script: ``english_weight`` for Latin text, 0 for Chinese/Japanese/Korean (where the
     English model's cosines are noise), linear in between.
 
-    With ``route``, a chunk that is mostly CJK (``cjk_share >= ROUTE_CJK``) is not given to the
-    English model at all: its ``a`` is 0, so ``cos_a`` counts as 0 for it. The English model's
-    cosines on such text are noise (a Chinese query never reads them, an English one only got a
-    random offset from them), and skipping it makes Chinese text index at the multilingual
-    model's speed instead of the English model's. Those rows have length 1/sqrt(2), not 1: the
-    index compares by inner product, which is what keeps the score formula above exact.
+    With ``route``, the English model reads only what it can read: a chunk's Latin words and numbers
+    when the chunk has CJK text (``latin_view``), all of it otherwise. Its cosines on Han characters are
+    noise (a Chinese query never reads them), but an English question over Chinese text does match the
+    names, numbers and Latin terms in it, so those stay. A 400-character Chinese chunk is then ~20 tokens
+    for the English model instead of 256, so Chinese text indexes at nearly the multilingual model's
+    speed. A chunk with no Latin word at all is read as "" (the model's vector for no content), so every row
+    keeps length 1. Queries go through the same view, so a mixed query meets chunks on the same terms
+    ("AGG01的功效" finds the chunk that names AGG01).
     """
-
-    ROUTE_CJK = 0.5
 
     def __init__(self, english: Embedder, multilingual: Embedder, english_weight: float = 0.5,
                  name: str | None = None, route: bool = False):
@@ -162,18 +161,13 @@ class EnsembleEmbedder:
         self.english_weight = english_weight
         self.route = route
 
-    def english_rows(self, texts: Sequence[str]) -> np.ndarray:
-        """Which texts the English model reads (all of them unless routing)."""
-        if not self.route:
-            return np.ones(len(texts), dtype=bool)
-        return np.array([cjk_share(t) < self.ROUTE_CJK for t in texts], dtype=bool)
+    def english_view(self, text: str) -> str:
+        """The text the English model reads (all of it unless routing)."""
+        return latin_view(text) if self.route else text
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         english, multilingual = self.parts
-        keep = self.english_rows(texts)
-        a = np.zeros((len(texts), english.dim), dtype=np.float32)
-        if keep.any():
-            a[keep] = english.encode_documents([t for t, k in zip(texts, keep, strict=True) if k])
+        a = english.encode_documents([self.english_view(t) for t in texts])
         b = multilingual.encode_documents(texts)
         return np.hstack([a, b]).astype(np.float32) / np.sqrt(2.0, dtype=np.float32)
 
@@ -184,7 +178,7 @@ class EnsembleEmbedder:
         w = self.query_weight(text)
         english, multilingual = self.parts
         # A part with weight 0 contributes nothing: skip running it (every Chinese query).
-        qa = english.encode_query(text) if w > 0 else np.zeros(english.dim, dtype=np.float32)
+        qa = english.encode_query(self.english_view(text)) if w > 0 else np.zeros(english.dim, dtype=np.float32)
         qb = multilingual.encode_query(text) if w < 1 else np.zeros(multilingual.dim, dtype=np.float32)
         return (np.sqrt(2.0) * np.concatenate([w * qa, (1.0 - w) * qb])).astype(np.float32)
 

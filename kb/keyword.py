@@ -87,6 +87,11 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+def term_counts(text: str) -> Counter[str]:
+    """What the keyword index stores for a chunk: each token and how often it occurs."""
+    return Counter(tokenize(text))
+
+
 class BM25Index:
     """Inverted index: term -> {chunk_id: tf}. Adding and removing chunks is O(chunk length)."""
 
@@ -100,7 +105,7 @@ class BM25Index:
 
     def add(self, ids: Iterable[int], texts: Iterable[str]) -> None:
         for cid, text in zip(ids, texts, strict=True):
-            counts = Counter(tokenize(text))
+            counts = term_counts(text)
             for term, tf in counts.items():
                 self.postings[term][cid] = tf
             n = sum(counts.values())

@@ -23,6 +23,7 @@ import threading
 import time
 import unicodedata
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from kb.db import BlobRow, ChunkRow, Database, DroppedIndex, FileRow, KBRow, def
 from kb.embeddings import Embedder, create_embedder
 from kb.index import CANDIDATES, MODES, IndexBackend, create_index
 from kb.jobs import JobContext, JobQueue
+from kb.keyword import term_counts
+from kb.loaders.base import LoaderOptions
 from kb.retrieval import SearchParams, fuse
 from kb.splitter import chunk_documents, embedding_text
 from kb.types import Chunk, FileResult, Hit, KBConflict, KBError, KBNotFound, LoadedFile, LoadError
@@ -117,6 +120,7 @@ class _Loaded:
     texts: list[str]
     started: float
     vectors: np.ndarray | None = None
+    terms: list[Counter[str]] | None = None  # the keyword index's work, done beside the embedder when known
 
 
 class _Reader:
@@ -521,7 +525,10 @@ class KnowledgeBase:
         if not chunks:
             raise LoadError("empty: no text found")
         texts = embed_texts(chunks, loaded.title or Path(item["name"]).stem, cfg.title_prefix)
-        return _Loaded(i, item["name"], item["sha256"], item["size"], loaded, chunks, texts, started)
+        # Counted here, in the reader thread while the embedder runs, not in the commit that waits for it (jieba
+        # is most of a commit's time on Chinese text).
+        return _Loaded(i, item["name"], item["sha256"], item["size"], loaded, chunks, texts, started,
+                       terms=[term_counts(t) for t in texts])
 
     def _embed(self, ctx: JobContext, batch: list[_Loaded], emb: Embedder) -> list[tuple[_Loaded, str]]:
         """Embed a batch; when the batch fails, embed file by file so one bad file fails alone."""
@@ -592,7 +599,7 @@ class KnowledgeBase:
                                 renamed_from=p.name if name != p.name else None)
             self._persist_result(s, ctx, result, p.index)
             index = row.index_name()
-        self.manager.index.add(index, row.dim, ids, p.vectors, p.texts)
+        self.manager.index.add(index, row.dim, ids, p.vectors, p.texts, p.terms)
         self.manager.drop_chunks([index], gone)
         return result
 
@@ -672,7 +679,7 @@ class KnowledgeBase:
                     pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages, seconds=time.monotonic() - started,
                     kept_old=bool(error)), i)
                 s.get(FileRow, f.id).title = title
-            self.manager.index.add(shadow, cfg.dim, ids, p.vectors, p.texts)
+            self.manager.index.add(shadow, cfg.dim, ids, p.vectors, p.texts, p.terms)
         self._switch(gen, cfg)
         ctx.progress(1.0, "done")
 
@@ -717,15 +724,16 @@ class KnowledgeBase:
         self.manager.drop_retired_indexes()
 
     def _load(self, data: bytes, name: str) -> LoadedFile:
-        from kb.loaders import LoaderOptions
         from kb.loaders.worker import load_file_pooled
 
-        s = self.settings
-        opts = LoaderOptions(max_pages=s.max_pages, ocr=s.ocr, max_file_mb=s.max_file_mb, timeout_s=s.file_timeout_s)
-        with tempfile.NamedTemporaryFile(dir=s.tmp_dir, suffix=_ext(name)) as tmp:
+        with tempfile.NamedTemporaryFile(dir=self.settings.tmp_dir, suffix=_ext(name)) as tmp:
             tmp.write(data)
             tmp.flush()
-            return load_file_pooled(Path(tmp.name), name=Path(name).name, options=opts)
+            return load_file_pooled(Path(tmp.name), name=Path(name).name, options=_loader_options(self.settings))
+
+
+def _loader_options(s: Settings) -> LoaderOptions:
+    return LoaderOptions(max_pages=s.max_pages, ocr=s.ocr, max_file_mb=s.max_file_mb, timeout_s=s.file_timeout_s)
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -788,6 +796,15 @@ class KnowledgeBaseManager:
             self.reconcile_all()
         if workers:
             self.jobs.start_workers(workers)
+            threading.Thread(target=self.warm, daemon=True, name="kb-warm").start()
+
+    def warm(self) -> None:
+        """Start what a first ingestion would otherwise wait for, with the embedder idle: a loader process (Python
+        and PyMuPDF imported) and jieba's dictionary."""
+        from kb.loaders.worker import prestart
+
+        prestart(_loader_options(self.settings))
+        term_counts("预热")
 
     def _job(self, method: str) -> Callable[[JobContext], None]:
         def run(ctx: JobContext) -> None:

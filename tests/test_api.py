@@ -361,7 +361,7 @@ def test_embeddings(server: LiveServer, oai: openai.OpenAI, http: httpx.Client, 
     m = np.array([d.embedding for d in r.data])
     default = server.services.kbs.embedder()
     assert m.shape == (3, default.dim)
-    # Exactly the vectors the KB stores (the routed ensemble stores a mostly-CJK text at length 1/sqrt(2)).
+    # Exactly the vectors the KB stores.
     assert np.allclose(m, default.encode_documents(["hello world", "你好，世界", ""]), atol=1e-4)
     assert r.model == server.services.settings.embedding_model and r.usage.prompt_tokens > 0
     # Named packaged models work too.

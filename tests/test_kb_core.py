@@ -138,13 +138,13 @@ def test_ensemble_score_is_language_weighted_mix_of_cosines():
     assert np.allclose(d @ ens.encode_query(q), expected, atol=1e-4)
 
 
-def test_routed_ensemble_gives_cjk_chunks_to_the_multilingual_model_only():
+def test_routed_ensemble_gives_the_english_model_only_the_latin_words_of_cjk_text():
     from kb.embeddings import create_embedder
 
     routed, plain = create_embedder("minilm+use-routed"), create_embedder("minilm+use")
     en, multi = create_embedder("minilm"), create_embedder("use-multilingual")
     docs = ["苹果公司发布了新手机，售价比去年更低。", "The cat sits on the mat.",
-            "流水线并行（pipeline parallelism）把模型按层切分到多张显卡上，每张卡只保存一部分层的参数。"]
+            "流水线并行（pipeline parallelism）把GPT-3按层切分到8张显卡上，每张卡只保存一部分层的参数。"]
     calls: list[list[str]] = []
     original = en.encode_documents
 
@@ -157,14 +157,29 @@ def test_routed_ensemble_gives_cjk_chunks_to_the_multilingual_model_only():
         d = routed.encode_documents(docs)
     finally:
         del en.encode_documents
-    assert calls == [["The cat sits on the mat."]]  # mostly-CJK chunks never reach the English model
+    # Han characters never reach the English model; the names, terms and numbers in them do.
+    assert calls == [["", "The cat sits on the mat.", "pipeline parallelism GPT-3 8"]]
+    assert np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-4)
     assert np.allclose(d[1], plain.encode_documents(docs)[1], atol=1e-5)  # English chunks: stored as before
-    assert np.allclose(d[[0, 2], :en.dim], 0.0)
     # One score, one meaning: a Chinese query scores every chunk exactly as the unrouted ensemble does.
     zh = "苹果的新手机"
     assert np.allclose(d @ routed.encode_query(zh), plain.encode_documents(docs) @ plain.encode_query(zh), atol=1e-4)
-    # An English query scores a CJK chunk by its multilingual cosine only (the English cosine counts as 0).
+    # An English query mixes its English cosine with the chunk's Latin words and its multilingual cosine.
     q = "What is pipeline parallelism?"
     w = routed.query_weight(q)
-    assert d[2] @ routed.encode_query(q) == pytest.approx((1 - w) * float(multi.encode_documents([docs[2]])[0]
-                                                                         @ multi.encode_query(q)), abs=1e-4)
+    expected = w * float(en.encode_documents(["pipeline parallelism GPT-3 8"])[0] @ en.encode_query(q)) + (
+        1 - w) * float(multi.encode_documents([docs[2]])[0] @ multi.encode_query(q))
+    assert d[2] @ routed.encode_query(q) == pytest.approx(expected, abs=1e-4)
+    # A mixed query reads the same way: its Latin words meet the chunk's.
+    mixed = "GPT-3怎么切分？"
+    assert 0 < routed.query_weight(mixed) < routed.english_weight
+    assert int(np.argmax(d @ routed.encode_query(mixed))) == 2
+
+
+def test_latin_view_keeps_terms_and_numbers_of_cjk_text_and_leaves_other_text_alone():
+    from kb.cjk import latin_view
+
+    assert latin_view("The cat, 3.5 kg; naïve café!") == "The cat, 3.5 kg; naïve café!"
+    assert latin_view("2019年，O'Neil在MIT发表了《GPT-4技术报告》第3.5版。") == "2019 O'Neil MIT GPT-4 3.5"
+    assert latin_view("纯中文内容。") == ""
+    assert latin_view("日本語のテキスト ABC") == "ABC"

@@ -319,6 +319,29 @@ def test_parsing_runs_beside_embedding(manager, tmp_path, monkeypatch):
     consistent(kb)
 
 
+def test_keyword_terms_are_counted_beside_the_embedder_not_in_the_commit(manager, tmp_path, monkeypatch):
+    """jieba is most of a commit's time on Chinese text: ingestion counts terms in the reader thread, and the
+    commit (on the thread that embeds) only stores them."""
+    import kb.index.local as local
+    import kb.keyword as keyword
+
+    where: list[str] = []
+    real = keyword.tokenize
+
+    def spy(text):
+        where.append(threading.current_thread().name)
+        return real(text)
+
+    monkeypatch.setattr(keyword, "tokenize", spy)
+    monkeypatch.setattr(local, "tokenize", spy)
+    kb = manager.create("terms")
+    f = tmp_path / "zh.md"
+    f.write_text("# 流水线\n\n流水线并行把模型按层切分到多张显卡上，每张卡只保存一部分层的参数。\n", encoding="utf-8")
+    assert [r.status for r in kb.ingest([f])] == ["indexed"]
+    assert where and all(name.startswith("ingest-reader") for name in where), where
+    assert [h.text for h in kb.search("显卡", mode="keyword")]  # and the stored terms are searchable
+
+
 def test_a_model_that_changed_size_is_a_clear_error_not_a_crash(settings, tmp_path):
     """A remote server (or a local model directory) that now serves another dimension than the KB holds."""
     from kb.db import KBRow

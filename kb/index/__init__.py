@@ -21,6 +21,7 @@ happens here and not above.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,8 +44,10 @@ def check_index_name(index: str) -> str:
 
 
 class IndexBackend(Protocol):
-    def add(self, index: str, dim: int, ids: Sequence[int], vectors: np.ndarray, texts: Sequence[str]) -> None:
-        """Upsert chunks: ``vectors`` float32 (n, dim) L2-normalised; ``texts`` are what BM25 indexes."""
+    def add(self, index: str, dim: int, ids: Sequence[int], vectors: np.ndarray, texts: Sequence[str],
+            terms: Sequence[Counter[str]] | None = None) -> None:
+        """Upsert chunks: ``vectors`` float32 (n, dim) L2-normalised; ``texts`` are what BM25 indexes. ``terms``:
+        each text's ``term_counts`` when the caller already has them (ingestion counts them beside the embedder)."""
 
     def delete(self, index: str, ids: Sequence[int]) -> None:
         """Remove chunks; unknown ids are ignored."""

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from kb.index import MODES, Candidate, check_index_name
-from kb.keyword import _B, _K1, tokenize
+from kb.keyword import _B, _K1, term_counts, tokenize
 
 _LOG_KEEP = 100_000  # log rows kept; a reader further behind reloads in full (as costly as replaying)
 _WAL_MAX = 64 * 2**20  # bytes; see _Handle.bound_wal
@@ -308,9 +308,11 @@ class LocalIndex:
 
     # -- writes -------------------------------------------------------------------------------------------
 
-    def add(self, index: str, dim: int, ids: Sequence[int], vectors: np.ndarray, texts: Sequence[str]) -> None:
+    def add(self, index: str, dim: int, ids: Sequence[int], vectors: np.ndarray, texts: Sequence[str],
+            terms: Sequence[Counter[str]] | None = None) -> None:
         vecs = np.ascontiguousarray(vectors, dtype=_F32)
-        if vecs.ndim != 2 or vecs.shape != (len(ids), dim) or len(texts) != len(ids):
+        if vecs.ndim != 2 or vecs.shape != (len(ids), dim) or len(texts) != len(ids) or (
+                terms is not None and len(terms) != len(ids)):
             raise ValueError(f"add: {len(ids)} ids, {len(texts)} texts and vectors of shape {vecs.shape} "
                              f"do not match (dim {dim})")
         if not len(ids):
@@ -319,7 +321,7 @@ class LocalIndex:
         # Tokenise before taking the write lock: jieba is the slow part and needs no database.
         docs: list[tuple[int, int, Counter[str], bytes]] = []
         for cid, i in last.items():
-            counts = Counter(tokenize(texts[i]))
+            counts = terms[i] if terms is not None else term_counts(texts[i])
             docs.append((cid, sum(counts.values()), counts, vecs[i].tobytes()))
         for attempt in range(3):  # a concurrent drop can close the handle under us: open it again
             h = self._handle(index)

@@ -53,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from kb.index import MODES, Candidate, check_index_name
-from kb.keyword import _B, _K1, _STOP, tokenize
+from kb.keyword import _B, _K1, _STOP, term_counts, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +181,18 @@ class MilvusIndex:
 
     # -- writes ---------------------------------------------------------------------------------------------
 
-    def add(self, index: str, dim: int, ids: Sequence[int], vectors: np.ndarray, texts: Sequence[str]) -> None:
+    def add(self, index: str, dim: int, ids: Sequence[int], vectors: np.ndarray, texts: Sequence[str],
+            terms: Sequence[Counter[str]] | None = None) -> None:
         check_index_name(index)
         vecs = np.asarray(vectors, dtype=np.float32).reshape(len(ids), int(dim))
-        if len(texts) != len(ids):
+        if len(texts) != len(ids) or (terms is not None and len(terms) != len(ids)):
             raise ValueError("ids, vectors and texts differ in length")
         if not len(ids):
             return
         name = self._ensure(dim)
         rows = []
-        for cid, vec, text in zip(ids, vecs, texts, strict=True):
-            counts = Counter(tokenize(text))
+        for n, (cid, vec, text) in enumerate(zip(ids, vecs, texts, strict=True)):
+            counts = terms[n] if terms is not None else term_counts(text)
             kept = [(t, n) for t, n in counts.most_common(_MAX_TERMS * 2) if len(t.encode("utf-8")) <= _TERM_BYTES]
             kept = kept[:_MAX_TERMS]  # beyond 4096 distinct terms the rarest are not searchable (very long chunks)
             rows.append({"pk": f"{index}:{int(cid)}", "id": int(cid), "idx": index, "vec": vec.tolist(),

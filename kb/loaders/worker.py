@@ -56,6 +56,16 @@ def load_file_pooled(path: Path, *, name: str | None = None, options: LoaderOpti
     return result
 
 
+def prestart(options: LoaderOptions | None = None) -> None:
+    """Have one warm worker idle (started, parsers imported), so a job's first file does not wait ~1-3 s for a
+    Python start and PyMuPDF's import while the embedder sits idle."""
+    options = options or LoaderOptions()
+    with _idle_lock:
+        idle = _idle.setdefault(options.max_memory_mb, queue.SimpleQueue())
+    if idle.empty():
+        idle.put(_Worker(options.max_memory_mb))
+
+
 class _Worker:
     def __init__(self, max_memory_mb: int):
         self.proc = subprocess.Popen(
@@ -99,7 +109,7 @@ class _Worker:
 
 def _serve(max_memory_mb: int) -> None:
     out = enter_child(max_memory_mb)
-    from kb.loaders import load_file
+    from kb.loaders import load_file, pdf, text  # noqa: F401  (imported while idle, not when the first file waits)
 
     for line in sys.stdin.buffer:
         request = json.loads(line)
