@@ -70,8 +70,8 @@ class Settings(BaseSettings):
 
     # --- knowledge base -----------------------------------------------------------------
     embedding_model: str = Field(
-        "minilm+use",
-        description="Packaged model key (minilm+use, minilm+use-routed, minilm, use-multilingual, e5-small) "
+        "minilm+use-routed",
+        description="Packaged model key (minilm+use-routed, minilm+use, minilm, use-multilingual, e5-small) "
         "or a local sentence-transformers dir, or an OpenAI-compatible server: http(s)://HOST:PORT/v1#MODEL",
     )
     # A remote embedding_model's key and request options: settings, never part of the spec a KB records.

@@ -27,6 +27,7 @@ from kb.loaders.isolate import child_env, enter_child, from_json, kill_child, re
 from kb.types import LoadedFile, LoadError
 
 MAX_USES = 50
+_READY = {"ready": True}  # a worker's first line: started, parsers imported
 _idle: dict[int, queue.SimpleQueue[_Worker]] = {}  # by address-space limit
 _idle_lock = threading.Lock()
 
@@ -63,7 +64,13 @@ def prestart(options: LoaderOptions | None = None) -> None:
     with _idle_lock:
         idle = _idle.setdefault(options.max_memory_mb, queue.SimpleQueue())
     if idle.empty():
-        idle.put(_Worker(options.max_memory_mb))
+        worker = _Worker(options.max_memory_mb)
+        try:
+            worker.wait_ready(60.0)
+        except LoadError:
+            worker.kill()
+            raise
+        idle.put(worker)
 
 
 class _Worker:
@@ -81,11 +88,18 @@ class _Worker:
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise LoadError("loader crashed (worker exited)") from None
-        line = self._read_line(time.monotonic() + options.timeout_s, options.timeout_s)
-        reply = json.loads(line)
+        deadline = time.monotonic() + options.timeout_s
+        reply = json.loads(self._read_line(deadline, options.timeout_s))
+        if reply == _READY:  # a new worker's first line, when nobody waited for it
+            reply = json.loads(self._read_line(deadline, options.timeout_s))
         if "error" in reply:
             raise LoadError(str(reply["error"]))
         return from_json(reply["ok"])
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the child has imported its parsers (its first line)."""
+        if json.loads(self._read_line(time.monotonic() + timeout_s, timeout_s)) != _READY:
+            raise LoadError("loader worker did not start")
 
     def _read_line(self, deadline: float, timeout_s: float) -> bytes:
         assert self.proc.stdout is not None
@@ -109,7 +123,12 @@ class _Worker:
 
 def _serve(max_memory_mb: int) -> None:
     out = enter_child(max_memory_mb)
-    from kb.loaders import load_file, pdf, text  # noqa: F401  (imported while idle, not when the first file waits)
+    import pymupdf  # noqa: F401  (imported while idle, not when the first PDF waits: ~1 s of CPU)
+
+    from kb.loaders import load_file
+
+    out.write(json.dumps(_READY).encode("utf-8") + b"\n")
+    out.flush()
 
     for line in sys.stdin.buffer:
         request = json.loads(line)

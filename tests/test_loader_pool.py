@@ -1,0 +1,82 @@
+"""The pooled loader processes: started warm ahead of the first file, reused, retired, replaced when they die."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from kb.loaders import worker
+from kb.loaders.base import LoaderOptions
+from kb.types import LoadError
+
+OPTIONS = LoaderOptions(max_memory_mb=1536)  # a pool of its own: other tests' workers are not in it
+
+
+def _idle_pids() -> list[int]:
+    idle = worker._idle.get(OPTIONS.max_memory_mb)
+    pids = []
+    while idle is not None and not idle.empty():
+        pids.append(idle.get_nowait())
+    for w in pids:
+        idle.put(w)
+    return [w.proc.pid for w in pids]
+
+
+@pytest.fixture()
+def doc(tmp_path: Path) -> Path:
+    f = tmp_path / "a.md"
+    f.write_text("# 标题\n\n流水线并行的第一段。\n", encoding="utf-8")
+    return f
+
+
+@pytest.fixture(autouse=True)
+def empty_pool():
+    def drain() -> None:
+        idle = worker._idle.get(OPTIONS.max_memory_mb)
+        while idle is not None and not idle.empty():
+            idle.get_nowait().kill()
+
+    drain()
+    yield
+    drain()
+
+
+def test_prestart_leaves_a_ready_worker_that_the_first_load_uses(doc: Path) -> None:
+    worker.prestart(OPTIONS)
+    [pid] = _idle_pids()
+    # Started and past its imports when prestart returned: PyMuPDF's library is already mapped in.
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "mupdf" in maps.lower()
+    loaded = worker.load_file_pooled(doc, options=OPTIONS)
+    assert "流水线并行" in loaded.docs[0].text
+    assert _idle_pids() == [pid]  # the same process served it and went back to the pool
+    worker.prestart(OPTIONS)
+    assert _idle_pids() == [pid]  # one warm worker is enough: no second one
+
+
+def test_a_worker_that_was_never_waited_for_still_answers_its_first_request(doc: Path) -> None:
+    assert _idle_pids() == []
+    assert "流水线并行" in worker.load_file_pooled(doc, options=OPTIONS).docs[0].text  # its ready line is skipped
+
+
+def test_workers_are_retired_after_max_uses(doc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "MAX_USES", 2)
+    worker.load_file_pooled(doc, options=OPTIONS)
+    [first] = _idle_pids()
+    worker.load_file_pooled(doc, options=OPTIONS)
+    assert _idle_pids() == []  # retired after its second load
+    worker.load_file_pooled(doc, options=OPTIONS)
+    assert _idle_pids() not in ([], [first])
+
+
+def test_a_dead_worker_fails_one_file_clearly_and_the_next_load_gets_a_new_one(doc: Path) -> None:
+    worker.prestart(OPTIONS)
+    [pid] = _idle_pids()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(LoadError, match="loader crashed"):
+        worker.load_file_pooled(doc, options=OPTIONS)
+    assert "流水线并行" in worker.load_file_pooled(doc, options=OPTIONS).docs[0].text
+    assert _idle_pids() not in ([], [pid])
