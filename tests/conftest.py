@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Self
 
 import pytest
 
@@ -58,35 +59,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LiveServer:
-    """The real app (FastAPI + Gradio) served by uvicorn in a thread on 127.0.0.1."""
+class ThreadedServer:
+    """An ASGI app served by uvicorn in a thread on 127.0.0.1, from ``with`` until its end."""
 
-    def __init__(self, settings: Settings):
+    start_timeout_s = 120.0
+    stop_timeout_s = 30.0
+
+    def serve(self, app: Any) -> None:
         import uvicorn
 
-        from api.server import create_app
-        from services import Services
-
-        self.services = Services(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = app = create_app(self.services)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         self.thread.start()
-        deadline = time.time() + 120
+        deadline = time.monotonic() + self.start_timeout_s
         while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"{type(self).__name__} did not start")
+            time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=self.stop_timeout_s)
+
+
+class LiveServer(ThreadedServer):
+    """The real app (FastAPI + Gradio) served by uvicorn in a thread on 127.0.0.1."""
+
+    def __init__(self, settings: Settings):
+        from api.server import create_app
+        from services import Services
+
+        self.services = Services(settings)
+        self.app = create_app(self.services)
+        self.serve(self.app)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from servers import stop
 
-from conftest import LiveServer, free_port, make_settings
+from conftest import LiveServer, ThreadedServer, free_port, make_settings
 from kb.service import KnowledgeBaseManager
 from kb.types import KBError
 
@@ -216,11 +214,13 @@ def hash_embedding(text: str) -> list[float]:
     return v.tolist()
 
 
-class ModelServer:
+class ModelServer(ThreadedServer):
     """A real HTTP model server (FastAPI + uvicorn in a thread): POST /v1/rerank (Cohere/Jina), POST /rerank
     (TEI), POST /v1/embeddings (OpenAI). Each path answers the statuses queued in ``fail[path]`` first (429
     with Retry-After: 1), records every request, checks the Bearer key on rerank, and sleeps ``slow_s`` on
     an embedding input containing SLOW."""
+
+    start_timeout_s, stop_timeout_s = 30.0, 10.0
 
     def __init__(self) -> None:
         self.fail: dict[str, list[int]] = {}
@@ -269,26 +269,10 @@ class ModelServer:
                     for i, t in enumerate(body["input"])]
             return {"object": "list", "data": data, "model": body.get("model")}
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.serve(app)
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
         return [b for p, b, _ in self.requests if p == path]
-
-    def __enter__(self) -> ModelServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("model server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -191,8 +191,8 @@ class MilvusIndex:
             return
         name = self._ensure(dim)
         rows = []
-        for n, (cid, vec, text) in enumerate(zip(ids, vecs, texts, strict=True)):
-            counts = terms[n] if terms is not None else term_counts(text)
+        for i, (cid, vec, text) in enumerate(zip(ids, vecs, texts, strict=True)):
+            counts = terms[i] if terms is not None else term_counts(text)
             kept = [(t, n) for t, n in counts.most_common(_MAX_TERMS * 2) if len(t.encode("utf-8")) <= _TERM_BYTES]
             kept = kept[:_MAX_TERMS]  # beyond 4096 distinct terms the rarest are not searchable (very long chunks)
             rows.append({"pk": f"{index}:{int(cid)}", "id": int(cid), "idx": index, "vec": vec.tolist(),

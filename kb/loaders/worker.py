@@ -32,14 +32,18 @@ _idle: dict[int, queue.SimpleQueue[_Worker]] = {}  # by address-space limit
 _idle_lock = threading.Lock()
 
 
+def _idle_queue(max_memory_mb: int) -> queue.SimpleQueue[_Worker]:
+    with _idle_lock:
+        return _idle.setdefault(max_memory_mb, queue.SimpleQueue())
+
+
 def load_file_pooled(path: Path, *, name: str | None = None, options: LoaderOptions | None = None) -> LoadedFile:
     """Like ``load_file``, in a pooled child process with the isolation limits."""
     from kb.loaders import precheck
 
     options = options or LoaderOptions()
     precheck(Path(path), name, options)
-    with _idle_lock:
-        idle = _idle.setdefault(options.max_memory_mb, queue.SimpleQueue())
+    idle = _idle_queue(options.max_memory_mb)
     try:
         worker = idle.get_nowait()
     except queue.Empty:
@@ -61,8 +65,7 @@ def prestart(options: LoaderOptions | None = None) -> None:
     """Have one warm worker idle (started, parsers imported), so a job's first file does not wait ~1-3 s for a
     Python start and PyMuPDF's import while the embedder sits idle."""
     options = options or LoaderOptions()
-    with _idle_lock:
-        idle = _idle.setdefault(options.max_memory_mb, queue.SimpleQueue())
+    idle = _idle_queue(options.max_memory_mb)
     if idle.empty():
         worker = _Worker(options.max_memory_mb)
         try:
