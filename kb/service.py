@@ -38,6 +38,7 @@ from kb.embeddings import Embedder, create_embedder
 from kb.index import CANDIDATES, MODES, IndexBackend, create_index
 from kb.jobs import JobContext, JobQueue
 from kb.keyword import term_counts
+from kb.loaders import parse_cost
 from kb.loaders.base import LoaderOptions
 from kb.retrieval import SearchParams, fuse
 from kb.splitter import chunk_documents, embedding_text
@@ -124,7 +125,7 @@ class _Loaded:
 
 
 class _Reader:
-    """Loads and chunks a job's files, in order, in a thread of its own, a few files ahead of the embedder.
+    """Loads and chunks a job's files (in ``order()``) in a thread of its own, a few files ahead of the embedder.
 
     Yields ``(index, item, loaded, reason)``: ``reason`` when the file failed; ``loaded`` None (and no reason)
     when its bytes are already indexed in the KB or came earlier in this job, which the consumer settles."""
@@ -178,12 +179,19 @@ class _Reader:
                 return True
         return False
 
+    def order(self) -> list[int]:
+        """Cheap formats first, each rank smallest first: the embedder starts at once and has a backlog of text
+        while the PDFs and scans parse behind it (a text file yields its chunks in milliseconds; a PDF can take a
+        second for a dozen).
+        The same bytes given twice keep the order given, so the first given is the one indexed."""
+        return sorted((i for i in range(len(self.files)) if i not in self.done),
+                      key=lambda i: (parse_cost(self.files[i]["name"]), int(self.files[i].get("size") or 0), i))
+
     def _run(self) -> None:
         seen: set[str] = set()
         try:
-            for i, item in enumerate(self.files):
-                if i in self.done:
-                    continue
+            for i in self.order():
+                item = self.files[i]
                 self.started[i] = time.monotonic()
                 sha = item.get("sha256")
                 if item.get("error") or not sha:
@@ -471,9 +479,9 @@ class KnowledgeBase:
         first_of: dict[str, int] = {}  # sha256 -> index of its first file in this job
         outcome: dict[int, FileResult | str] = {}  # index -> its result, or the reason it failed
         with _Reader(self, files, done, cfg, emb) as reader:
-            for i, item, loaded, reason in reader:
+            for n, (i, item, loaded, reason) in enumerate(reader, start=len(done)):
                 ctx.check()
-                ctx.progress(i / max(total, 1), f"{i + 1}/{total} {item['name']}")
+                ctx.progress(n / max(total, 1), f"{n + 1}/{total} {item['name']}")
                 started = reader.started[i]
                 sha = item.get("sha256")
                 twin = first_of.setdefault(sha, i) if sha else i

@@ -80,3 +80,16 @@ def test_a_dead_worker_fails_one_file_clearly_and_the_next_load_gets_a_new_one(d
         worker.load_file_pooled(doc, options=OPTIONS)
     assert "流水线并行" in worker.load_file_pooled(doc, options=OPTIONS).docs[0].text
     assert _idle_pids() not in ([], [pid])
+
+
+def test_workers_parse_at_a_lower_priority_than_the_embedder(doc: Path) -> None:
+    """Parsing runs beside embedding on the same cores: the worker yields to the embedder's threads when both want
+    a core, instead of stalling the embedder's parallel sections."""
+    worker.prestart(OPTIONS)
+    [pid] = _idle_pids()
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + worker.NICE
+    assert worker.NICE > 0
+    # It leads a session of its own, and the scheduler shares CPU fairly between sessions whatever their tasks'
+    # nice values: the session's own nice must be lowered too.
+    assert Path(f"/proc/{pid}/autogroup").read_text().split()[-2:] == ["nice", str(worker.NICE)]
+

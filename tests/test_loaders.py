@@ -169,6 +169,36 @@ def test_chinese_pdf_text_and_tables() -> None:
     assert any(t.text.startswith("| 年份 |") and "中诚信国际信" in t.text for t in tables)
 
 
+def test_pdf_rules_that_cannot_form_a_table_skip_the_table_parser(tmp_path: Path, monkeypatch) -> None:
+    """pdfplumber's table finder needs horizontal and vertical rules that cross; a page with only horizontal
+    rules (underlines, a header rule) is not handed to it: it parses the whole page again in pure Python."""
+    import pymupdf
+
+    from kb.loaders import pdf
+
+    calls: list[int] = []
+    real = pdf._Tables.extract
+    monkeypatch.setattr(pdf._Tables, "extract", lambda self, index: calls.append(index) or real(self, index))
+    doc = pymupdf.open()
+    lined = doc.new_page()
+    lined.insert_text((72, 72), "只有横线的一页：页眉线和下划线。", fontname="china-s", fontsize=12)
+    for y in (80, 120, 160, 200, 240):
+        lined.draw_line((72, y), (520, y))
+    ruled = doc.new_page()
+    ruled.insert_text((72, 60), "一张有框线的表格", fontname="china-s", fontsize=12)
+    for r, row in enumerate([("名称", "数量"), ("苹果", "3"), ("香蕉", "5")]):
+        for c, cell in enumerate(row):
+            x, y = 72 + 150 * c, 80 + 30 * r
+            ruled.draw_rect((x, y, x + 150, y + 30))
+            ruled.insert_text((x + 5, y + 20), cell, fontname="china-s", fontsize=12)
+    path = tmp_path / "rules.pdf"
+    doc.save(path)
+    loaded = load_file(path, options=NO_OCR)
+    assert calls == [1]  # only the ruled page
+    [table] = [d for d in loaded.docs if d.kind == "table"]
+    assert table.page == 2 and "| 香蕉 | 5 |" in table.text
+
+
 def test_generated_multipage_chinese_pdf(tmp_path: Path) -> None:
     import pymupdf
 

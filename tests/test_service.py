@@ -319,6 +319,31 @@ def test_parsing_runs_beside_embedding(manager, tmp_path, monkeypatch):
     consistent(kb)
 
 
+def test_cheap_files_are_parsed_first_so_embedding_starts_at_once(manager, tmp_path, monkeypatch):
+    """A job that starts with a big PDF does not leave the embedder idle while it parses: text files go first,
+    smallest first, so the embedder has work at once and the PDF parses behind it. Results keep the order given."""
+    import kb.service as service
+
+    kb = manager.create("order")
+    order: list[str] = []
+    real_load = service.KnowledgeBase._load
+
+    def spy(self, data, name):
+        order.append(name)
+        return real_load(self, data, name)
+
+    monkeypatch.setattr(service.KnowledgeBase, "_load", spy)
+    big = DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__langchain.pdf"  # 600 KB: ~1.5 s to parse
+    small = tmp_path / "small.md"
+    small.write_text("# 小文件\n\n流水线并行把模型按层切分。\n", encoding="utf-8")
+    files = [big, ZH_MD, small, ZH_MD2]
+    results = kb.ingest(files)
+    assert order == ["small.md", ZH_MD2.name, ZH_MD.name, big.name]
+    assert [r.name for r in results] == [f.name for f in files]
+    assert [r.status for r in results] == ["indexed"] * 4
+    consistent(kb)
+
+
 def test_keyword_terms_are_counted_beside_the_embedder_not_in_the_commit(manager, tmp_path, monkeypatch):
     """jieba is most of a commit's time on Chinese text: ingestion counts terms in the reader thread, and the
     commit (on the thread that embeds) only stores them."""

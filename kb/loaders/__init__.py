@@ -31,7 +31,21 @@ _LEGACY = {".doc": "legacy Word .doc is not supported: convert it to .docx",
            ".ods": "OpenDocument .ods is not supported: save it as .xlsx",
            ".odp": "OpenDocument .odp is not supported: save it as .pptx"}
 
-__all__ = ["SUPPORTED_EXTENSIONS", "LoadError", "LoadedFile", "LoaderOptions", "load_file", "load_file_isolated"]
+
+
+def parse_cost(name: str) -> int:
+    """How slow a format is to parse per chunk it yields, as a rank: plain text and markup 0, Office 1, PDF 2,
+    images (OCR) 3. Ingestion parses cheap files first so the embedder has work while the slow ones parse."""
+    ext = ext_of(Path(name), None)
+    if ext in IMAGE_EXTENSIONS:
+        return 3
+    if ext == ".pdf":
+        return 2
+    return 1 if ext in OFFICE_EXTENSIONS or ext == ".xlsx" else 0
+
+
+__all__ = ["SUPPORTED_EXTENSIONS", "LoadError", "LoadedFile", "LoaderOptions", "load_file", "load_file_isolated",
+           "parse_cost"]
 
 
 def precheck(path: Path, name: str | None, options: LoaderOptions) -> str:

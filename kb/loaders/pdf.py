@@ -87,6 +87,30 @@ def _title(doc: Any, first_page: Any) -> str | None:
     return candidate[:200] if len(candidate) >= 3 else None
 
 
+def _may_have_ruled_table(drawings: list[dict[str, Any]]) -> bool:
+    """Whether pdfplumber's table finder (which parses the whole page again, in pure Python: ~0.3 s a page) could
+    find anything: its cells need at least two horizontal and two vertical rules of 3 pt or more (its
+    ``edge_min_length``). Quads and curves are counted as both, to stay on the safe side."""
+    if len(drawings) < MIN_TABLE_DRAWINGS:
+        return False
+    across = down = 0
+    for drawing in drawings:
+        for item in drawing.get("items", ()):
+            if item[0] == "l":
+                (x0, y0), (x1, y1) = item[1], item[2]
+                across += abs(y1 - y0) < 1 and abs(x1 - x0) >= 3
+                down += abs(x1 - x0) < 1 and abs(y1 - y0) >= 3
+            elif item[0] == "re":  # a thin rectangle is a rule: its short sides are dropped (under 3 pt)
+                x0, y0, x1, y1 = item[1]
+                across += 2 * (abs(x1 - x0) >= 3)
+                down += 2 * (abs(y1 - y0) >= 3)
+            else:  # "qu", "c"
+                across, down = across + 2, down + 2
+        if across >= 2 and down >= 2:
+            return True
+    return False
+
+
 def _needs_ocr(page: Any, text: str) -> bool:
     """No text at all, or very little text on a page dominated by images (scans with a stamp/header)."""
     n = len(text.strip())
@@ -206,7 +230,7 @@ def load_pdf(path: Path, options: LoaderOptions) -> LoadedFile:
                     out.warnings.append(f"page {number}: OCR skipped (time limit)")
             out.add(text, page=number)
             try:
-                ruled = len(page.get_cdrawings()) >= MIN_TABLE_DRAWINGS
+                ruled = _may_have_ruled_table(page.get_cdrawings())
             except Exception:
                 ruled = False
             if ruled and text:

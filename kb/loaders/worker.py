@@ -11,6 +11,7 @@ boundary is unpickled, so a file that subverted its parser still cannot run code
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -27,6 +28,11 @@ from kb.loaders.isolate import child_env, enter_child, from_json, kill_child, re
 from kb.types import LoadedFile, LoadError
 
 MAX_USES = 50
+# Workers parse beside the embedder on the same cores and should take the cycles it leaves, not stall its threads.
+# Each worker leads a session of its own, and the kernel shares CPU fairly between sessions (autogroups) whatever
+# their tasks' nice, so the session's nice is lowered too: without that, embedding calls made while a PDF parsed
+# took 2-4x their bare time. Not lower than 10: a starved OCR page would run into the per-file time limit.
+NICE = 10
 _READY = {"ready": True}  # a worker's first line: started, parsers imported
 _idle: dict[int, queue.SimpleQueue[_Worker]] = {}  # by address-space limit
 _idle_lock = threading.Lock()
@@ -126,6 +132,9 @@ class _Worker:
 
 def _serve(max_memory_mb: int) -> None:
     out = enter_child(max_memory_mb)
+    os.nice(NICE)
+    with contextlib.suppress(OSError):  # no autogroups on this kernel: the nice above is enough
+        Path("/proc/self/autogroup").write_text(str(NICE))
     import pymupdf  # noqa: F401  (imported while idle, not when the first PDF waits: ~1 s of CPU)
 
     from kb.loaders import load_file
