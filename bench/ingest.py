@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from configs.settings import load_settings
+from kb.embeddings import Embedder
 from kb.service import KnowledgeBaseManager
 
 DOCS = Path(__file__).resolve().parents[2] / "shared" / "data" / "documents"
@@ -60,14 +61,15 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replay(emb, calls: list[list[str]]) -> float:
+def _replay(emb: Embedder, calls: list[list[str]]) -> float:
     t = time.perf_counter()
     for texts in calls:
         emb.encode_documents(texts)
     return time.perf_counter() - t
 
 
-def _run(manager: KnowledgeBaseManager, emb, files: list[Path], name: str, verbose: bool) -> tuple[float, float]:
+def _run(manager: KnowledgeBaseManager, emb: Embedder, files: list[Path], name: str,
+         verbose: bool) -> tuple[float, float]:
     """One pipeline run into a new KB, then the bare embedder on exactly the calls it made; returns the ratios.
     Each pair runs back to back, so a change in the machine's speed (a shared VM) hits both sides alike."""
     calls: list[list[str]] = []

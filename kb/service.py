@@ -183,7 +183,8 @@ class _Reader:
         """Cheap formats first, each rank smallest first: the embedder starts at once and has a backlog of text
         while the PDFs and scans parse behind it (a text file yields its chunks in milliseconds; a PDF can take a
         second for a dozen).
-        The same bytes given twice keep the order given, so the first given is the one indexed."""
+        The same bytes given twice under names of one kind keep the order given, so the first given is the one
+        indexed; under names of two kinds (notes.txt, notes.pdf) the cheaper kind goes first and decides."""
         return sorted((i for i in range(len(self.files)) if i not in self.done),
                       key=lambda i: (parse_cost(self.files[i]["name"]), int(self.files[i].get("size") or 0), i))
 

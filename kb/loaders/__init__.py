@@ -32,7 +32,6 @@ _LEGACY = {".doc": "legacy Word .doc is not supported: convert it to .docx",
            ".odp": "OpenDocument .odp is not supported: save it as .pptx"}
 
 
-
 def parse_cost(name: str) -> int:
     """How slow a format is to parse per chunk it yields, as a rank: plain text and markup 0, Office 1, PDF 2,
     images (OCR) 3. Ingestion parses cheap files first so the embedder has work while the slow ones parse."""
