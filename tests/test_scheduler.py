@@ -185,6 +185,11 @@ def test_backend_runs_as_many_slots_as_set_each_with_its_own_window(smol4: LLMBa
         list(smol4.stream([{"role": "user", "content": "word " * 1500}], GenParams(max_tokens=8)))
 
 
+def test_backend_runs_the_physical_batch_chosen_by_measurement(smol4: LLMBackend) -> None:
+    # 128, not llama.cpp's 512: BENCHMARKS.md, "llm_ubatch, measured" (four users 11.3 against 9.1 tok/s).
+    assert smol4.info()["n_ubatch"] == 128
+
+
 # --- real generation through ChatService ----------------------------------------------------------------
 def test_four_streams_with_four_slots_generate_at_the_same_time(tmp_path: Path, smol4: LLMBackend) -> None:
     settings = make_settings(tmp_path / "data", llm_slots=4)

@@ -59,6 +59,7 @@ class LlamaCppBackend:
             p.n_batch = n_batch
         if n_ubatch is not None:
             p.n_ubatch = n_ubatch
+        self.n_ubatch = int(p.n_ubatch)
         p.cpuparams.n_threads = n_threads
         p.cpuparams_batch.n_threads = n_threads
         p.verbosity = -1
@@ -117,6 +118,7 @@ class LlamaCppBackend:
             "n_ctx": self.n_ctx,
             "n_threads": self.n_threads,
             "slots": self.slots,
+            "n_ubatch": self.n_ubatch,
             "last_timings": self.last_timings,
         }
 
