@@ -58,10 +58,13 @@ def build_ui(services: Services) -> gr.Blocks:
         for event in kb.filled:
             event.then(switch_chat, [kb.kb], chat.refresh_outputs(), queue=False)
         chat_page.select(refresh_chat, *chat_io, queue=False)
+        # Page-load events are not queued: they are quick reads, and Gradio's client closes its queue stream
+        # when the last queued event ends, so a question sent in that instant could be lost (seen once in CI:
+        # the page never showed the question it had sent). Only what the user starts joins the queue.
         if kb.load is not None:
-            demo.load(kb.load, [kb.kb], kb.load_outputs)
-        demo.load(chat.load, None, chat.load_outputs)
-        demo.load(account_load, None, account_outputs)
+            demo.load(kb.load, [kb.kb], kb.load_outputs, queue=False)
+        demo.load(chat.load, None, chat.load_outputs, queue=False)
+        demo.load(account_load, None, account_outputs, queue=False)
         demo.load(refresh_chat, *chat_io, queue=False)
     # A bounded queue: when it is full Gradio refuses new events, and queued users see their position.
     demo.queue(max_size=services.settings.max_queued_chats)
