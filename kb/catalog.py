@@ -53,10 +53,12 @@ def measure_embedder(spec: str, settings: Settings) -> dict[str, Any]:
 
     t = time.perf_counter()
     emb = create_embedder(spec, settings.embed_batch_size, settings.n_threads,
-                          remote=remote_options(settings, "embedding"), models_dir=settings.models_dir)
+                          remote=remote_options(settings, "embedding"), models_dir=settings.models_dir,
+                          precision=settings.embedding_precision)
     load = time.perf_counter() - t
     emb.encode_documents([_ZH[:50], _EN[:50]])
-    out: dict[str, Any] = {"dim": emb.dim, "max_tokens": emb.max_tokens, "load_s": round(load, 2)}
+    out: dict[str, Any] = {"dim": emb.dim, "max_tokens": emb.max_tokens, "load_s": round(load, 2),
+                           "bf16": any(getattr(p, "bf16", False) for p in getattr(emb, "parts", (emb,)))}
     for lang, text in (("zh", _ZH), ("en", _EN)):
         t = time.perf_counter()
         emb.encode_documents([text] * SAMPLE_CHUNKS)
@@ -159,7 +161,8 @@ def render(cat: dict[str, list[dict]]) -> str:
         where = r.get("package") or r.get("source", "")
         have = "" if r.get("installed", True) else "  NOT INSTALLED: pip install " + r["package"]
         speed = (f"zh {r['zh_chunks_per_s']:>6} /s  en {r['en_chunks_per_s']:>6} /s  dim {r['dim']}  "
-                 f"(measured {r['measured']})" if "zh_chunks_per_s" in r else "speed not measured")
+                 f"{'(bf16) ' if r.get('bf16') else ''}(measured {r['measured']})" if "zh_chunks_per_s" in r
+                 else "speed not measured")
         used = f"  used by: {', '.join(r['used_by'])}" if r["used_by"] else ""
         err = f"  error: {r['error']}" if r.get("error") else ""
         lines.append(f" {mark} {r['model']:<22} {speed}  [{where}]{have}{used}{err}")

@@ -833,7 +833,7 @@ class KnowledgeBaseManager:
 
         return create_embedder(spec or self.settings.embedding_model, self.settings.embed_batch_size,
                                self.settings.n_threads, remote=remote_options(self.settings, "embedding"),
-                               models_dir=self.settings.models_dir)
+                               models_dir=self.settings.models_dir, precision=self.settings.embedding_precision)
 
     def reranker(self) -> Callable[[str, list[Hit]], list[Hit]] | None:
         from kb.remote import remote_options

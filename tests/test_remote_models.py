@@ -78,11 +78,13 @@ def _files_bytes(root: Path) -> Iterator[tuple[Path, bytes]]:
 # --- 1. this app's own /v1/embeddings as the remote server ----------------------------------------------
 def test_own_server_as_remote_embedder(tmp_path: Path) -> None:
     key = "kbc-test-secret-7f3a9c"
-    with LiveServer(make_settings(tmp_path / "server", api_keys=[key])) as live:
+    # fp32 on both sides: scores are compared to 2e-4, and in bf16 a vector moves ~1e-4 with its batch-mates.
+    fp32 = {"embedding_precision": "fp32"}
+    with LiveServer(make_settings(tmp_path / "server", api_keys=[key], **fp32)) as live:
         spec = f"{live.url}/v1#text-embedding-3-small"
         manager = KnowledgeBaseManager(make_settings(tmp_path / "client", embedding_model=spec,
                                                      embedding_api_key=key, **_small_chunks()))
-        local = KnowledgeBaseManager(make_settings(tmp_path / "local", **_small_chunks()))
+        local = KnowledgeBaseManager(make_settings(tmp_path / "local", **_small_chunks(**fp32)))
         try:
             kb = manager.create("remote")
             row = kb.row()
