@@ -1,6 +1,7 @@
 """Ingestion speed on real documents from ../shared/data/documents, against the embedder's own speed.
 
     python -m bench.ingest [--embedding-model MODEL] [--folders md_kb_zh pdf_zh_text] [--repeats 3]
+    python -m bench.ingest --retrieval cmrc2018-trial     # a retrieval set's passages, one markdown file each
 
 Indexes the folders into a temporary KB through the whole pipeline (loader processes, splitter, embedder,
 index, database), records every batch of texts the embedder was given, then replays exactly those calls on
@@ -15,6 +16,7 @@ single runs of the same code differ by 0.15).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -26,12 +28,28 @@ from kb.embeddings import Embedder
 from kb.service import KnowledgeBaseManager
 
 DOCS = Path(__file__).resolve().parents[2] / "shared" / "data" / "documents"
+RETRIEVAL = DOCS.parent / "retrieval"
+
+
+def passages_as_files(name: str, out: Path) -> list[Path]:
+    """A retrieval set's passages as markdown files (as ``kb eval`` indexes them), written under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    with (RETRIEVAL / name / "corpus.jsonl").open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            doc = json.loads(line)
+            path = out / f"{i:05d}.md"
+            heading = f"# {doc['title']}\n\n" if doc.get("title") else ""
+            path.write_text(heading + doc["text"] + "\n", encoding="utf-8")
+            files.append(path)
+    return files
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--embedding-model")
     ap.add_argument("--folders", nargs="+", default=["md_kb_zh", "pdf_zh_text"])
+    ap.add_argument("--retrieval", help="instead of --folders: the passages of ../shared/data/retrieval/NAME")
     ap.add_argument("--no-ocr", action="store_true", help="skip OCR of scanned pages")
     ap.add_argument("--threads", type=int, help="the embedder's threads (n_threads); default: the settings'")
     ap.add_argument("--repeats", type=int, default=3, help="pipeline + replay pairs; the median ratio is the result")
@@ -46,7 +64,10 @@ def main() -> None:
         emb = manager.embedder()  # model load is start-up cost, not ingestion
         emb.encode_documents(["预热 warm-up"] * 8)
         manager.warm()  # so is what the app warms at start (a loader process, jieba's dictionary)
-        files = sorted(f for d in args.folders for f in (DOCS / d).iterdir() if f.is_file())
+        if args.retrieval:
+            files = passages_as_files(args.retrieval, settings.tmp_dir / "bench-passages")
+        else:
+            files = sorted(f for d in args.folders for f in (DOCS / d).iterdir() if f.is_file())
         size = sum(f.stat().st_size for f in files)
         print(f"model={settings.embedding_model} files={len(files)} ({size / 2**20:.1f} MB)")
         ratios, steady = [], []
