@@ -239,7 +239,11 @@ def test_bf16_gives_the_fp32_vectors(shared_data, model):
     cos = (a * b).sum(axis=1)
     assert cos.min() >= 0.999, sorted(cos)[:5]
     assert not np.array_equal(a, b)
-    assert float(fp32.encode_query(texts[-1]) @ bf16.encode_query(texts[-1])) >= 0.999
+    q32, q16 = fp32.encode_query(texts[-1]), bf16.encode_query(texts[-1])
+    if model == "minilm":  # questions stay fp32: in bf16 each new length builds a kernel (~100 ms)
+        assert np.allclose(q32, q16, atol=1e-6)
+    else:  # USE's shapes are bucketed, so its questions run in bf16 too
+        assert float(q32 @ q16) >= 0.999 and not np.array_equal(q32, q16)
 
 
 def test_embedding_precision_comes_from_settings_and_auto_means_bf16_only_with_amx(tmp_path):
