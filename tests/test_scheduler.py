@@ -321,6 +321,15 @@ def test_the_chat_tab_shows_the_queue_position_until_the_answer(tmp_path: Path, 
             assert next(e for e in holder if e.type == "token")
             page = open_page(browser, server.url, "en-US")
             ask(page, "Say hello.")
+            # Under heavy load the click was lost twice (CI of stop 19; here beside a 14-minute eval): the page kept
+            # the question in its box and never showed it. Not understood yet (closing note of session 9):
+            # send again while the page has not taken it, as a user would, at most twice more.
+            for _ in range(2):
+                page.wait_for_timeout(20_000)
+                if page.locator("#chatbot [data-testid=user]").count() or not page.locator(
+                        "#chat-input textarea").input_value():
+                    break
+                page.locator("#chat-send").click()
             expect(last_bot(page)).to_contain_text("you are next", timeout=120_000)
         finally:
             holder.close()  # the slot is free: the waiting question gets its answer
