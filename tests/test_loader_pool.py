@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DOCUMENTS
 from kb.loaders import worker
 from kb.loaders.base import LoaderOptions
 from kb.types import LoadError
@@ -62,14 +63,39 @@ def test_a_worker_that_was_never_waited_for_still_answers_its_first_request(doc:
     assert "流水线并行" in worker.load_file_pooled(doc, options=OPTIONS).docs[0].text  # its ready line is skipped
 
 
-def test_workers_are_retired_after_max_uses(doc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_serves_many_small_files_without_a_restart(doc: Path) -> None:
+    """A restart costs ~0.6 CPU-s (Python and PyMuPDF imports) and the wait for it: retiring every 50 loads made
+    indexing 256 small markdown files wait for five of them."""
+    worker.load_file_pooled(doc, options=OPTIONS)
+    [pid] = _idle_pids()
+    for _ in range(60):
+        worker.load_file_pooled(doc, options=OPTIONS)
+    assert _idle_pids() == [pid]
+
+
+def test_workers_are_retired_after_max_uses_and_replaced_at_once(doc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "MAX_USES", 2)
     worker.load_file_pooled(doc, options=OPTIONS)
     [first] = _idle_pids()
     worker.load_file_pooled(doc, options=OPTIONS)
-    assert _idle_pids() == []  # retired after its second load
+    [second] = _idle_pids()  # retired after its second load, and its successor already started
+    assert second != first
+    assert "流水线并行" in worker.load_file_pooled(doc, options=OPTIONS).docs[0].text
+    assert _idle_pids() == [second]
+
+
+def test_workers_are_retired_when_their_memory_grows(doc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a parser's leak costs is memory: a worker whose resident memory grew past MAX_GROWTH_MB since its first
+    load is retired (PyMuPDF keeps ~16 MB after the first PDF)."""
+    monkeypatch.setattr(worker, "MAX_GROWTH_MB", 4)
     worker.load_file_pooled(doc, options=OPTIONS)
-    assert _idle_pids() not in ([], [first])
+    [first] = _idle_pids()
+    worker.load_file_pooled(doc, options=OPTIONS)
+    assert _idle_pids() == [first]  # markdown grows nothing
+    loaded = worker.load_file_pooled(DOCUMENTS / "pdf_zh_text" / "PyMuPDF__chinese-tables.pdf", options=OPTIONS)
+    assert loaded.pages
+    [second] = _idle_pids()
+    assert second != first
 
 
 def test_a_dead_worker_fails_one_file_clearly_and_the_next_load_gets_a_new_one(doc: Path) -> None:

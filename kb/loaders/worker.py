@@ -4,7 +4,8 @@ small markdown file; ~1.5 s of CPU per PDF for Python and PyMuPDF to start, whic
 the embedder running beside it).
 
 A worker that times out or dies is killed and replaced; idle workers are reused by the next load, and retired
-after ``MAX_USES`` loads so a parser's leaks cannot accumulate. Requests and
+once their memory has grown by ``MAX_GROWTH_MB`` (or after ``MAX_USES`` loads), so a parser's leaks cannot
+accumulate; a retired worker's replacement starts at once, not when the next file waits for it. Requests and
 results are JSON lines over the child's stdin and a private copy of its stdout: nothing crossing the process
 boundary is unpickled, so a file that subverted its parser still cannot run code in the server.
 """
@@ -27,7 +28,11 @@ from kb.loaders.base import LoaderOptions
 from kb.loaders.isolate import child_env, enter_child, from_json, kill_child, request_bytes, timed_out, to_json
 from kb.types import LoadedFile, LoadError
 
-MAX_USES = 50
+# Retired by what a leak costs, memory, not by a count of loads: retiring every 50 loads restarted a worker (0.6 CPU-s
+# of Python and PyMuPDF imports, and the wait for it) five times while 256 small markdown files were indexed.
+MAX_GROWTH_MB = 256
+MAX_USES = 1000
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 # Workers parse beside the embedder on the same cores and should take the cycles it leaves, not stall its threads.
 # Each worker leads a session of its own, and the kernel shares CPU fairly between sessions (autogroups) whatever
 # their tasks' nice, so the session's nice is lowered too: without that, embedding calls made while a PDF parsed
@@ -60,8 +65,9 @@ def load_file_pooled(path: Path, *, name: str | None = None, options: LoaderOpti
         worker.kill()  # timed out, crashed or interrupted: its state is unknown
         raise
     worker.uses += 1
-    if worker.uses >= MAX_USES:
+    if worker.spent():
         worker.kill()
+        idle.put(_Worker(options.max_memory_mb))  # starts now, beside this file's splitting and embedding
     else:
         idle.put(worker)
     return result
@@ -89,6 +95,21 @@ class _Worker:
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env(), start_new_session=True)
         self._buffer = b""
         self.uses = 0
+        self.rss_first: int | None = None  # bytes resident after its first load: the baseline for growth
+
+    def rss(self) -> int | None:
+        try:
+            return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def spent(self) -> bool:
+        """Whether to retire it: its memory grew by MAX_GROWTH_MB since its first load, or MAX_USES loads."""
+        rss = self.rss()
+        if self.rss_first is None:
+            self.rss_first = rss
+        grown = rss is not None and self.rss_first is not None and rss - self.rss_first > MAX_GROWTH_MB * 2**20
+        return grown or self.uses >= MAX_USES
 
     def load(self, path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
         assert self.proc.stdin is not None
