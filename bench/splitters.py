@@ -82,7 +82,7 @@ def langchain_chunker(length: Length, ratio: float) -> Callable[..., list[Chunk]
             length_function=length)
 
     def chunk(docs: list[Document], *, file_id: str, size: int, overlap: int, max_tokens: int | None = None,
-              count_tokens: Callable[[str], int] | None = None, first_id: int = 0) -> list[Chunk]:
+              fits_tokens: Callable[[str, int], bool] | None = None, first_id: int = 0) -> list[Chunk]:
         out: list[Chunk] = []
         for doc in docs:
             for text in splitter(size, overlap, max_tokens).split_text(doc.text):

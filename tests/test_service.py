@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -341,6 +342,47 @@ def test_cheap_files_are_parsed_first_so_embedding_starts_at_once(manager, tmp_p
     assert order == ["small.md", ZH_MD2.name, ZH_MD.name, big.name]
     assert [r.name for r in results] == [f.name for f in files]
     assert [r.status for r in results] == ["indexed"] * 4
+    consistent(kb)
+
+
+def test_small_files_are_read_ahead_by_chunks_and_embedded_in_one_call(manager, tmp_path, monkeypatch):
+    """While the embedder works, the reader keeps loading up to ``AHEAD_CHUNKS`` chunks, not a fixed count of files:
+    with 4 files ahead, small files reached the embedder 12 chunks at a time, each call with its own commit."""
+    import kb.service as service
+
+    kb = manager.create("ahead")
+    files = []
+    for i in range(40):
+        files.append(tmp_path / f"note{i:02d}.md")
+        files[-1].write_text(f"# 笔记 {i}\n\n第{i}条笔记：流水线并行把模型按层切分。\n", encoding="utf-8")
+    loaded: list[str] = []
+    real_load = service.KnowledgeBase._load_and_chunk
+
+    def counting(self, i, item, *rest):
+        out = real_load(self, i, item, *rest)
+        loaded.append(item["name"])
+        return out
+
+    monkeypatch.setattr(service.KnowledgeBase, "_load_and_chunk", counting)
+    emb = kb.embedder
+    real_encode = emb.encode_documents
+    calls: list[int] = []
+    read_during_first_call: list[int] = []
+
+    def encode(texts):
+        if not calls:  # the first call (one file): give the reader time to fill its room
+            deadline = time.monotonic() + 30
+            while len(loaded) < len(files) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            read_during_first_call.append(len(loaded))
+        calls.append(len(texts))
+        return real_encode(texts)
+
+    monkeypatch.setattr(emb, "encode_documents", encode)
+    results = kb.ingest(files)
+    assert [r.status for r in results] == ["indexed"] * 40 and sum(r.chunks for r in results) == 40
+    assert read_during_first_call == [40]  # the reader did not stop at a few files
+    assert calls == [calls[0], 40 - calls[0]]  # the rest in one call
     consistent(kb)
 
 

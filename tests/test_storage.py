@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,56 @@ def test_two_uploads_with_one_name_are_both_kept_unless_replace_is_asked(mgr, tm
     assert (r.status, r.name) == ("replaced", "report.md")
     texts = " ".join(h.text for h in kb.search("revenue", top_k=10, threshold=0.0))
     assert "15 million" in texts and "12 million" in texts and "10 million" not in texts
+    assert_consistent(mgr, kb)
+
+
+def test_files_embedded_together_commit_together_and_keep_their_names(mgr, tmp_path, monkeypatch):
+    """One transaction and one index add per embedding call, not per file (a commit is an fsync): same-name files
+    inside one batch are still numbered, duplicates still found, and every file's rows and results are there."""
+    from sqlalchemy import event
+
+    from kb.db import FileRow
+
+    kb = mgr.create("grouped")
+    files = write_docs(tmp_path / "many", 24)
+    same = []
+    for n in range(3):
+        same.append(tmp_path / f"same{n}.md")
+        same[-1].write_text(f"# Report\n\nQuarter {n} revenue was {10 + n} million.\n", encoding="utf-8")
+    paths = files + same + [files[3]]
+    names = [f.name for f in files] + ["report.md"] * 3 + ["copy.md"]
+    emb, index = kb.embedder, mgr.index
+    calls: list[int] = []
+    adds: list[int] = []
+    inserts: list[object] = []  # the transaction of each new file row (held, so no two share an id())
+    real_encode, real_add = emb.encode_documents, index.add
+
+    def encode(texts: list[str]) -> Any:
+        calls.append(len(texts))
+        return real_encode(texts)
+
+    def add(name: str, dim: int, ids: list[int], *rest: Any) -> None:
+        adds.append(len(ids))
+        real_add(name, dim, ids, *rest)
+
+    monkeypatch.setattr(emb, "encode_documents", encode)
+    monkeypatch.setattr(index, "add", add)
+
+    def on_insert(mapper: object, connection: Any, target: object) -> None:
+        inserts.append(connection.get_transaction())
+
+    event.listen(FileRow, "after_insert", on_insert)
+    try:
+        results = kb.ingest(paths, names)
+    finally:
+        event.remove(FileRow, "after_insert", on_insert)
+    assert adds == calls  # one index add per embedding call, with all of its chunks
+    assert len(calls) < len(files)  # the small files were embedded (so committed) several at a time
+    assert [r.status for r in results] == ["indexed"] * 27 + ["duplicate"]
+    assert [r.name for r in results[24:27]] == ["report.md", "report (2).md", "report (3).md"]
+    assert results[27].duplicate_of == files[3].name
+    assert sorted(f["name"] for f in kb.files()) == sorted([f.name for f in files] + [r.name for r in results[24:27]])
+    assert len(inserts) == 27 and len({id(t) for t in inserts}) == len(calls)  # one transaction per embedding call
     assert_consistent(mgr, kb)
 
 
