@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -71,6 +72,37 @@ def test_tokenize_chinese_english_and_traditional():
     assert "的" not in toks
     # Traditional and Simplified fold to the same tokens.
     assert tokenize("臺灣的資訊科技") == tokenize("台湾的资讯科技")
+
+
+def test_simplified_text_skips_the_traditional_converter_with_the_same_tokens(shared_data, monkeypatch):
+    """Only text holding a key of OpenCC's t2s dictionaries can change when converted, so runs without one skip the
+    (slow, pure-Python) converter: tokens must be exactly those of converting every run."""
+    import json
+
+    import kb.keyword as keyword
+
+    texts = ["沈默是金，反覆思量", "蘋果手機很好用", "繁體中文與简体中文混排"]
+    with open(shared_data / "retrieval" / "cmrc2018-trial" / "corpus.jsonl", encoding="utf-8") as f:
+        texts += [json.loads(line)["text"] for line in itertools.islice(f, 120)]
+    big5 = shared_data / "documents" / "txt_encodings" / "cpython_cjkencodings" / "big5-utf8.txt"
+    texts += big5.read_text(encoding="utf-8").split("\n")
+    converter = keyword._t2s()
+    real_convert = converter.convert
+    converted: list[str] = []
+
+    def convert(run: str) -> str:
+        converted.append(run)
+        return real_convert(run)
+
+    monkeypatch.setattr(converter, "convert", convert)
+    fast = [tokenize(t) for t in texts]
+    skipped_runs = len(converted)
+    monkeypatch.setattr(keyword, "_traditional", lambda: re.compile(r"[\s\S]"))  # every run converted, as before
+    converted.clear()
+    assert [tokenize(t) for t in texts] == fast
+    assert len(converted) > 1000  # the texts have many runs of Han characters
+    assert 20 < skipped_runs < 0.1 * len(converted)  # the Traditional ones (and only they, nearly) were converted
+    assert tokenize("沈船") == tokenize("沉船")  # a phrase key without a Traditional-only character
 
 
 def test_bm25_ranks_scores_in_unit_interval_and_deletes():
