@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -124,28 +124,22 @@ class _Loaded:
     terms: list[Counter[str]] | None = None  # the keyword index's work, done beside the embedder when known
 
 
-class _Reader:
-    """Loads and chunks a job's files (in ``order()``) in a thread of its own, up to ``AHEAD_CHUNKS`` ahead of the
-    embedder.
-
-    Yields ``(index, item, loaded, reason)``: ``reason`` when the file failed; ``loaded`` None (and no reason)
-    when its bytes are already indexed in the KB or came earlier in this job, which the consumer settles."""
+class _ReadAhead:
+    """Runs ``_items()`` in a thread of its own, up to ``AHEAD_CHUNKS`` chunks ahead of the thread that embeds.
+    Items are tuples whose third element is a ``_Loaded`` (or None); iterating yields them in order."""
 
     # Chunks loaded ahead (at least one file): a bound of 4 files made small files reach the embedder 12 chunks
     # at a time, each call followed by its own commit (62 of each for CMRC's 256 passages).
     AHEAD_CHUNKS = 2 * _EMBED_BATCH_CHUNKS
 
-    def __init__(self, kb: KnowledgeBase, files: list[dict[str, Any]], done: set[int], cfg: KBSettings,
-                 emb: Embedder):
-        self.kb, self.files, self.done, self.cfg, self.emb = kb, files, done, cfg, emb
-        self.started: dict[int, float] = {}
+    def __init__(self, name: str):
         self._queue: queue.Queue[Any] = queue.Queue()
         self._room = threading.Condition()
         self._ahead = 0  # chunks in the queue
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ingest-reader-{kb.name}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
 
-    def __enter__(self) -> _Reader:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -155,7 +149,7 @@ class _Reader:
             self._room.notify_all()  # a put waiting for room sees the stop
         self._thread.join()
 
-    def __iter__(self) -> Iterator[tuple[int, dict[str, Any], _Loaded | None, str | None]]:
+    def __iter__(self) -> Iterator[Any]:
         while True:
             item = self._queue.get()
             with self._room:
@@ -171,14 +165,8 @@ class _Reader:
         """Whether the next file (or the end) is already waiting."""
         return not self._queue.empty()
 
-    def load(self, i: int, item: dict[str, Any]) -> tuple[_Loaded | None, str | None]:
-        try:
-            return self.kb._load_and_chunk(i, item, self.cfg, self.emb, self.started[i]), None
-        except LoadError as e:
-            return None, e.reason
-        except Exception as e:  # a bug or a library failure must not take the job down
-            log.exception("ingest of %s failed", item["name"])
-            return None, f"internal error: {type(e).__name__}: {e}"
+    def _items(self) -> Iterator[tuple[Any, ...]]:
+        raise NotImplementedError
 
     def _put(self, value: Any) -> bool:
         n = _chunks_in(value)
@@ -191,6 +179,37 @@ class _Reader:
         self._queue.put(value)
         return True
 
+    def _run(self) -> None:
+        try:
+            for out in self._items():
+                if not self._put(out):
+                    return
+            self._put(None)
+        except BaseException as e:  # handed to the consumer, which fails the job with it
+            self._put(e)
+
+
+class _Reader(_ReadAhead):
+    """Loads and chunks an ingest job's files, in ``order()``.
+
+    Yields ``(index, item, loaded, reason)``: ``reason`` when the file failed; ``loaded`` None (and no reason)
+    when its bytes are already indexed in the KB or came earlier in this job, which the consumer settles."""
+
+    def __init__(self, kb: KnowledgeBase, files: list[dict[str, Any]], done: set[int], cfg: KBSettings,
+                 emb: Embedder):
+        super().__init__(f"ingest-reader-{kb.name}")
+        self.kb, self.files, self.done, self.cfg, self.emb = kb, files, done, cfg, emb
+        self.started: dict[int, float] = {}
+
+    def load(self, i: int, item: dict[str, Any]) -> tuple[_Loaded | None, str | None]:
+        try:
+            return self.kb._load_and_chunk(i, item, self.cfg, self.emb, self.started[i]), None
+        except LoadError as e:
+            return None, e.reason
+        except Exception as e:  # a bug or a library failure must not take the job down
+            log.exception("ingest of %s failed", item["name"])
+            return None, f"internal error: {type(e).__name__}: {e}"
+
     def order(self) -> list[int]:
         """Cheap formats first, each rank smallest first: the embedder starts at once and has a backlog of text
         while the PDFs and scans parse behind it (a text file yields its chunks in milliseconds; a PDF can take a
@@ -200,29 +219,48 @@ class _Reader:
         return sorted((i for i in range(len(self.files)) if i not in self.done),
                       key=lambda i: (parse_cost(self.files[i]["name"]), int(self.files[i].get("size") or 0), i))
 
-    def _run(self) -> None:
+    def _items(self) -> Iterator[tuple[int, dict[str, Any], _Loaded | None, str | None]]:
         seen: set[str] = set()
-        try:
-            order = self.order()
-            # One query, not one per file; a file indexed meanwhile is caught at its commit.
-            indexed = self.kb._indexed({self.files[i]["sha256"] for i in order if self.files[i].get("sha256")})
-            for i in order:
-                item = self.files[i]
-                self.started[i] = time.monotonic()
-                sha = item.get("sha256")
-                if item.get("error") or not sha:
-                    out = (i, item, None, item.get("error") or "no data")
-                elif sha in seen or sha in indexed:
-                    out = (i, item, None, None)
-                else:
-                    seen.add(sha)
-                    loaded, reason = self.load(i, item)
-                    out = (i, item, loaded, reason)
-                if not self._put(out):
-                    return
-            self._put(None)
-        except BaseException as e:  # handed to the consumer, which fails the job with it
-            self._put(e)
+        order = self.order()
+        # One query, not one per file; a file indexed meanwhile is caught at its commit.
+        indexed = self.kb._indexed({self.files[i]["sha256"] for i in order if self.files[i].get("sha256")})
+        for i in order:
+            item = self.files[i]
+            self.started[i] = time.monotonic()
+            sha = item.get("sha256")
+            if item.get("error") or not sha:
+                yield i, item, None, item.get("error") or "no data"
+            elif sha in seen or sha in indexed:
+                yield i, item, None, None
+            else:
+                seen.add(sha)
+                loaded, reason = self.load(i, item)
+                yield i, item, loaded, reason
+
+
+class _RebuildReader(_ReadAhead):
+    """Re-reads a rebuild's files. Yields ``(index, file, loaded, error)``: a file that cannot be re-read brings its
+    old chunks instead, with the reason."""
+
+    def __init__(self, kb: KnowledgeBase, files: list[FileRow], skip: set[int], cfg: KBSettings, emb: Embedder,
+                 live: int):
+        super().__init__(f"rebuild-reader-{kb.name}")
+        self.kb, self.files, self.skip, self.cfg, self.emb, self.live = kb, files, skip, cfg, emb, live
+
+    def _items(self) -> Iterator[tuple[int, FileRow, _Loaded, str | None]]:
+        for i, f in enumerate(self.files):
+            if i in self.skip:
+                continue
+            started = time.monotonic()
+            error = None
+            try:
+                item = {"name": f.name, "sha256": f.sha256, "size": f.size}
+                p = self.kb._load_and_chunk(i, item, self.cfg, self.emb, started)
+            except Exception as e:
+                error = e.reason if isinstance(e, LoadError) else f"internal error: {type(e).__name__}: {e}"
+                # Keep what the file had: its old chunks, re-embedded for the new index.
+                p = self.kb._old_chunks(f, self.live, self.cfg, i, started)
+            yield i, f, p, error
 
 
 def _chunks_in(item: Any) -> int:
@@ -713,40 +751,60 @@ class KnowledgeBase:
             done = set(s.scalars(select(ChunkRow.file_id).where(ChunkRow.kb_id == self.id,
                                                                 ChunkRow.generation == gen).distinct()))
         reported = {r["index"] for r in ctx.results if "index" in r}
-        for i, f in enumerate(files):
-            ctx.check()
-            ctx.progress(i / max(len(files), 1), f"{i + 1}/{len(files)} {f.name}")
-            if f.id in done or i in reported:
-                continue
-            started = time.monotonic()
-            try:
-                p = self._load_and_chunk(i, {"name": f.name, "sha256": f.sha256, "size": f.size}, cfg, emb, started)
-                title, error = p.loaded.title, None
-            except Exception as e:
-                reason = e.reason if isinstance(e, LoadError) else f"internal error: {type(e).__name__}: {e}"
-                # Keep what the file had: its old chunks, re-embedded for the new index.
-                p, title, error = self._old_chunks(f, live, cfg, i, started), f.title, reason
-            p.vectors = emb.encode_documents(p.texts)  # an error here fails the rebuild; the live KB is untouched
-            ctx.embedded += len(p.texts)
-            with self.db.session() as s:
-                self.db.lock_kb(s, self.id)
-                if s.get(FileRow, f.id) is None:  # deleted meanwhile
+        skip = {i for i, f in enumerate(files) if f.id in done or i in reported}
+        batch: list[tuple[FileRow, _Loaded, str | None]] = []
+        # As ingestion: files re-read in a thread ahead of this one, embedded and committed a batch at a time.
+        with _RebuildReader(self, files, skip, cfg, emb, live) as reader:
+            for i, f, p, error in reader:
+                ctx.check()
+                ctx.progress(i / max(len(files), 1), f"{i + 1}/{len(files)} {f.name}")
+                batch.append((f, p, error))
+                if sum(len(q.chunks) for _, q, _ in batch) >= _EMBED_BATCH_CHUNKS or not reader.ready():
+                    self._rebuild_batch(ctx, batch, emb, gen, shadow, cfg)
+            self._rebuild_batch(ctx, batch, emb, gen, shadow, cfg)
+        self._switch(gen, cfg)
+        ctx.progress(1.0, "done")
+
+    def _rebuild_batch(self, ctx: JobContext, batch: list[tuple[FileRow, _Loaded, str | None]], emb: Embedder,
+                       gen: int, shadow: str, cfg: KBSettings) -> None:
+        """Embed re-read files together, then one transaction for their chunks in the new generation and one add
+        to the shadow index. An embedding error fails the rebuild; the live KB is untouched."""
+        if not batch:
+            return
+        ctx.check()
+        vectors = emb.encode_documents([t for _, p, _ in batch for t in p.texts])
+        ctx.embedded += len(vectors)
+        ids: list[int] = []
+        kept: list[np.ndarray] = []
+        texts: list[str] = []
+        terms: list[Counter[str]] | None = []
+        offset = 0
+        with self.db.session() as s:
+            self.db.lock_kb(s, self.id)
+            results: dict[int, FileResult] = {}
+            for f, p, error in batch:
+                part, offset = vectors[offset:offset + len(p.texts)], offset + len(p.texts)
+                live_row = s.get(FileRow, f.id)
+                if live_row is None:  # deleted meanwhile
                     continue
                 rows = [ChunkRow(kb_id=self.id, file_id=f.id, generation=gen, ordinal=c.ordinal, text=c.text,
                                  page=c.page, heading=c.heading) for c in p.chunks]
                 s.add_all(rows)
                 s.flush()
-                ids = [r.id for r in rows]
-                status = "failed" if error else "indexed"
+                ids += [r.id for r in rows]
+                kept.append(part)
+                texts += p.texts
+                terms = terms + p.terms if terms is not None and p.terms is not None else None
                 msg = f"could not be re-read ({error}); kept its {len(rows)} old chunks" if error else None
-                self._persist_results(s, ctx, {i: FileResult(
-                    name=f.name, status=status, chunks=len(rows), file_id=f.sha256, error=msg,
-                    pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages, seconds=time.monotonic() - started,
-                    kept_old=bool(error))})
-                s.get(FileRow, f.id).title = title
-            self.manager.index.add(shadow, cfg.dim, ids, p.vectors, p.texts, p.terms)
-        self._switch(gen, cfg)
-        ctx.progress(1.0, "done")
+                results[p.index] = FileResult(
+                    name=f.name, status="failed" if error else "indexed", chunks=len(rows), file_id=f.sha256,
+                    error=msg, pages=p.loaded.pages, ocr_pages=p.loaded.ocr_pages,
+                    seconds=time.monotonic() - p.started, kept_old=bool(error))
+                live_row.title = p.loaded.title if not error else f.title
+            self._persist_results(s, ctx, results)
+        if ids:
+            self.manager.index.add(shadow, cfg.dim, ids, np.concatenate(kept), texts, terms)
+        batch.clear()
 
     def _old_chunks(self, f: FileRow, live: int, cfg: KBSettings, i: int, started: float) -> _Loaded:
         with self.db.read() as s:

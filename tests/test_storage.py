@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import kb.service as service
 from conftest import DOCUMENTS, REPO, make_settings
 from kb.service import KnowledgeBase, KnowledgeBaseManager
 from kb.types import KBError, LoadError
@@ -126,6 +127,34 @@ def test_files_embedded_together_commit_together_and_keep_their_names(mgr, tmp_p
     assert_consistent(mgr, kb)
 
 
+def test_a_rebuild_reads_ahead_and_embeds_files_together(mgr, tmp_path, monkeypatch):
+    """A rebuild is ingestion again: files are re-read in a thread ahead of the embedder and embedded and committed
+    a batch at a time (it was one call, one transaction and one index add per file, 2x the time on CMRC)."""
+    kb = mgr.create("rebuild-batches")
+    kb.ingest(write_docs(tmp_path / "src", 24))
+    before = kb.info()["chunks"]
+    emb, real = kb.embedder, kb.embedder.encode_documents
+    calls: list[int] = []
+    threads: list[str] = []
+    real_load = service.KnowledgeBase._load_and_chunk
+
+    def encode(texts: list[str]) -> Any:
+        calls.append(len(texts))
+        return real(texts)
+
+    def load(self: KnowledgeBase, *args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_load(self, *args)
+
+    monkeypatch.setattr(emb, "encode_documents", encode)
+    monkeypatch.setattr(service.KnowledgeBase, "_load_and_chunk", load)
+    results = kb.rebuild()
+    assert [r.status for r in results] == ["indexed"] * 24
+    assert sum(calls) == before and len(calls) < 24
+    assert len(threads) == 24 and all(t.startswith("rebuild-reader") for t in threads)
+    assert_consistent(mgr, kb)
+
+
 # --- bug 4: an embedding error aborted the whole batch ------------------------------------------------
 def test_embedding_error_fails_only_its_own_file(mgr, tmp_path, monkeypatch):
     kb = mgr.create("embed-fault")
@@ -187,8 +216,10 @@ def test_failed_rebuild_leaves_the_kb_exactly_as_it_was(mgr, tmp_path, monkeypat
         return real(texts)
 
     monkeypatch.setattr(emb, "encode_documents", dies_on_third_batch)
+    monkeypatch.setattr(service, "_EMBED_BATCH_CHUNKS", 1)  # a file a batch: two are in the shadow when it dies
     with pytest.raises(Exception, match="out of memory"):
         kb.rebuild(chunk_size=120)
+    assert len(calls) == 3
     row = kb.row()
     assert (row.generation, row.building, row.chunk_size) == (generation, None, 200)
     assert assert_consistent(mgr, kb) == before
