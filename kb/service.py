@@ -165,6 +165,11 @@ class _ReadAhead:
         """Whether the next file (or the end) is already waiting."""
         return not self._queue.empty()
 
+    def time_to_embed(self, chunks: int) -> bool:
+        """Embed the gathered files now: the batch is full, or the next file is not read yet. The embedder never
+        waits for a full batch while the reader works, and the reader reads while it embeds."""
+        return chunks >= _EMBED_BATCH_CHUNKS or not self.ready()
+
     def _items(self) -> Iterator[tuple[Any, ...]]:
         raise NotImplementedError
 
@@ -572,9 +577,7 @@ class KnowledgeBase:
                         outcome[i] = reason or "failed"
                         continue
                 batch.append(loaded)
-                # Embed now when the batch is full, or when the next file is not parsed yet: the embedder never
-                # waits for a full batch while the reader works, and the reader parses while this embeds.
-                if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH_CHUNKS or not reader.ready():
+                if reader.time_to_embed(sum(len(p.chunks) for p in batch)):
                     self._embed_and_commit(ctx, batch, emb, replace, outcome)
             self._embed_and_commit(ctx, batch, emb, replace, outcome)
         ctx.progress(1.0, "done")
@@ -589,10 +592,13 @@ class KnowledgeBase:
                     FileRow.kb_id == self.id, FileRow.status == "indexed", FileRow.sha256.in_(todo[at:at + 500]))))
         return out
 
-    def _duplicate(self, sha: str) -> FileRow | None:
-        with self.db.read() as s:
-            return s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.sha256 == sha,
-                                                   FileRow.status == "indexed")).first()
+    def _duplicate(self, sha: str, s: Any = None) -> FileRow | None:
+        """The indexed file with these bytes, if any: in session ``s``, else in a read of its own."""
+        if s is None:
+            with self.db.read() as s:
+                return self._duplicate(sha, s)
+        return s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.sha256 == sha,
+                                               FileRow.status == "indexed")).first()
 
     def _load_and_chunk(self, i: int, item: dict[str, Any], cfg: KBSettings, emb: Embedder,
                         started: float) -> _Loaded:
@@ -655,8 +661,7 @@ class KnowledgeBase:
                 raise KBError("a rebuild of this knowledge base is unfinished; it resumes first")  # jobs serialise
             for p in batch:
                 # Checked here, under the KB's lock: the reader's check came before other writers' commits.
-                dup = s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.sha256 == p.sha256,
-                                                      FileRow.status == "indexed")).first()
+                dup = self._duplicate(p.sha256, s)
                 if dup is not None:
                     results[p.index] = FileResult(name=p.name, status="duplicate", file_id=p.sha256, chunks=dup.chunks,
                                                   duplicate_of=dup.name, seconds=time.monotonic() - p.started)
@@ -681,13 +686,17 @@ class KnowledgeBase:
             row.updated_at = time.time()
             self._persist_results(s, ctx, results)
             index = row.index_name()
-        kept = [p for p in batch if p.vectors is not None]
-        if kept:
-            terms = [c for p in kept for c in p.terms] if all(p.terms is not None for p in kept) else None
-            self.manager.index.add(index, row.dim, ids, np.concatenate([p.vectors for p in kept]),
-                                   [t for p in kept for t in p.texts], terms)
+        self._index_add(index, row.dim, ids, [p for p in batch if p.vectors is not None])
         self.manager.drop_chunks([index], gone)
         return results
+
+    def _index_add(self, index: str, dim: int, ids: list[int], files: list[_Loaded]) -> None:
+        """One index add for the chunks of files just committed (``ids`` in their order)."""
+        if not files:
+            return
+        terms = [c for p in files for c in p.terms] if all(p.terms is not None for p in files) else None
+        vectors = np.concatenate([p.vectors for p in files if p.vectors is not None])
+        self.manager.index.add(index, dim, ids, vectors, [t for p in files for t in p.texts], terms)
 
     def _place(self, s: Any, name: str, replace: bool) -> tuple[str, str, list[int]]:
         """The name a new file takes and its status, deleting what it takes the place of: a failed file of that
@@ -759,7 +768,7 @@ class KnowledgeBase:
                 ctx.check()
                 ctx.progress(i / max(len(files), 1), f"{i + 1}/{len(files)} {f.name}")
                 batch.append((f, p, error))
-                if sum(len(q.chunks) for _, q, _ in batch) >= _EMBED_BATCH_CHUNKS or not reader.ready():
+                if reader.time_to_embed(sum(len(q.chunks) for _, q, _ in batch)):
                     self._rebuild_batch(ctx, batch, emb, gen, shadow, cfg)
             self._rebuild_batch(ctx, batch, emb, gen, shadow, cfg)
         self._switch(gen, cfg)
@@ -775,15 +784,13 @@ class KnowledgeBase:
         vectors = emb.encode_documents([t for _, p, _ in batch for t in p.texts])
         ctx.embedded += len(vectors)
         ids: list[int] = []
-        kept: list[np.ndarray] = []
-        texts: list[str] = []
-        terms: list[Counter[str]] | None = []
+        kept: list[_Loaded] = []
         offset = 0
         with self.db.session() as s:
             self.db.lock_kb(s, self.id)
             results: dict[int, FileResult] = {}
             for f, p, error in batch:
-                part, offset = vectors[offset:offset + len(p.texts)], offset + len(p.texts)
+                p.vectors, offset = vectors[offset:offset + len(p.texts)], offset + len(p.texts)
                 live_row = s.get(FileRow, f.id)
                 if live_row is None:  # deleted meanwhile
                     continue
@@ -792,9 +799,7 @@ class KnowledgeBase:
                 s.add_all(rows)
                 s.flush()
                 ids += [r.id for r in rows]
-                kept.append(part)
-                texts += p.texts
-                terms = terms + p.terms if terms is not None and p.terms is not None else None
+                kept.append(p)
                 msg = f"could not be re-read ({error}); kept its {len(rows)} old chunks" if error else None
                 results[p.index] = FileResult(
                     name=f.name, status="failed" if error else "indexed", chunks=len(rows), file_id=f.sha256,
@@ -802,8 +807,7 @@ class KnowledgeBase:
                     seconds=time.monotonic() - p.started, kept_old=bool(error))
                 live_row.title = p.loaded.title if not error else f.title
             self._persist_results(s, ctx, results)
-        if ids:
-            self.manager.index.add(shadow, cfg.dim, ids, np.concatenate(kept), texts, terms)
+        self._index_add(shadow, cfg.dim, ids, kept)
         batch.clear()
 
     def _old_chunks(self, f: FileRow, live: int, cfg: KBSettings, i: int, started: float) -> _Loaded:
