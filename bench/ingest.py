@@ -30,7 +30,7 @@ from pathlib import Path
 
 from configs.settings import load_settings
 from kb.embeddings import Embedder
-from kb.service import KnowledgeBaseManager
+from kb.service import KnowledgeBaseManager, usable_cores
 
 DOCS = Path(__file__).resolve().parents[2] / "shared" / "data" / "documents"
 RETRIEVAL = DOCS.parent / "retrieval"
@@ -149,7 +149,7 @@ def _run(manager: KnowledgeBaseManager, emb: Embedder, files: list[Path], name: 
     # What the pipeline spends beside the embedder's own CPU (parsing, splitting, jieba, storing, and whatever the
     # embedder loses to sharing cores), and the ratio no scheduling could beat with that much work on these cores.
     beside = (app1 - app0) - raw_cpu + (kids1 - kids0)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     print(f"  CPU-s: embedder replay {raw_cpu:.1f}, app beside it {app1 - app0 - raw_cpu:.1f}, loader processes "
           f"{kids1 - kids0:.1f}; on {cores} cores that work bounds the ratio at "
           f"{min(1.0, raw / ((raw_cpu + beside) / cores)):.2f}")

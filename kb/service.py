@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import queue
 import re
 import tempfile
@@ -609,10 +610,24 @@ class KnowledgeBase:
         if not chunks:
             raise LoadError("empty: no text found")
         texts = embed_texts(chunks, loaded.title or Path(item["name"]).stem, cfg.title_prefix)
-        # Counted here, in the reader thread while the embedder runs, not in the commit that waits for it (jieba
-        # is most of a commit's time on Chinese text).
         return _Loaded(i, item["name"], item["sha256"], item["size"], loaded, chunks, texts, started,
-                       terms=[term_counts(t) for t in texts])
+                       terms=self._terms(texts))
+
+    def _terms(self, texts: list[str]) -> list[Counter[str]]:
+        """The texts' keyword terms, counted in the reader, while the embedder runs, not in the commit that waits
+        for it. When the embedder's threads leave a core free, a loader process counts them: jieba is pure Python,
+        and in this thread it holds the GIL the embedding thread needs between torch ops (CMRC's 256 passages, the
+        embedder on one of two cores: ratio to the bare embedder 0.77 -> 0.84). When the embedder has every core,
+        the loader process (at a lower priority) is starved and the embedder waits for it (0.64 -> 0.56), so they
+        are counted here."""
+        from kb.loaders.worker import count_terms_pooled
+
+        if usable_cores() > self.settings.n_threads:
+            try:
+                return count_terms_pooled(texts, _loader_options(self.settings))
+            except LoadError as e:
+                log.warning("counting keyword terms in a loader process failed (%s); counting them here", e.reason)
+        return [term_counts(t) for t in texts]
 
     def _embed(self, ctx: JobContext, batch: list[_Loaded], emb: Embedder) -> list[tuple[_Loaded, str]]:
         """Embed a batch; when the batch fails, embed file by file so one bad file fails alone."""
@@ -857,6 +872,11 @@ class KnowledgeBase:
             tmp.write(data)
             tmp.flush()
             return load_file_pooled(Path(tmp.name), name=Path(name).name, options=_loader_options(self.settings))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as a container's cpuset sets it)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _loader_options(s: Settings) -> LoaderOptions:

@@ -63,6 +63,23 @@ def test_a_worker_that_was_never_waited_for_still_answers_its_first_request(doc:
     assert "流水线并行" in worker.load_file_pooled(doc, options=OPTIONS).docs[0].text  # its ready line is skipped
 
 
+def test_a_worker_counts_keyword_terms_exactly_as_the_app_does_and_stays_in_the_pool(doc: Path) -> None:
+    from kb.keyword import term_counts
+
+    texts = [
+        (DOCUMENTS / "md_kb_zh" / "Langchain-Chatchat__分布式训练技术原理.md").read_text(encoding="utf-8")[:3000],
+        "資料並行 and the running models' stems; ЗАГРУЗКА カタカナ 한국어 2024 v1.5\n\u2028第二行",
+        "", "的 了 是",
+    ]
+    worker.load_file_pooled(doc, options=OPTIONS)
+    [pid] = _idle_pids()
+    assert worker.count_terms_pooled(texts, OPTIONS) == [term_counts(t) for t in texts]
+    assert _idle_pids() == [pid]
+    with pytest.raises(LoadError, match="not valid Unicode"):  # a lone surrogate cannot cross the pipe
+        worker.count_terms_pooled(["\ud800"], OPTIONS)
+    assert _idle_pids() == [pid]
+
+
 def test_a_worker_serves_many_small_files_without_a_restart(doc: Path) -> None:
     """A restart costs ~0.6 CPU-s (Python and PyMuPDF imports) and the wait for it: retiring every 50 loads made
     indexing 256 small markdown files wait for five of them."""

@@ -388,10 +388,13 @@ def test_small_files_are_read_ahead_by_chunks_and_embedded_in_one_call(manager, 
 
 def test_keyword_terms_are_counted_beside_the_embedder_not_in_the_commit(manager, tmp_path, monkeypatch):
     """jieba is most of a commit's time on Chinese text: ingestion counts terms in the reader thread, and the
-    commit (on the thread that embeds) only stores them."""
+    commit (on the thread that embeds) only stores them. With no core beyond the embedder's threads, in the reader
+    thread itself: a loader process at its lower priority would be starved."""
     import kb.index.local as local
     import kb.keyword as keyword
+    import kb.service as service
 
+    monkeypatch.setattr(service, "usable_cores", lambda: manager.settings.n_threads)
     where: list[str] = []
     real = keyword.tokenize
 
@@ -407,6 +410,66 @@ def test_keyword_terms_are_counted_beside_the_embedder_not_in_the_commit(manager
     assert [r.status for r in kb.ingest([f])] == ["indexed"]
     assert where and all(name.startswith("ingest-reader") for name in where), where
     assert [h.text for h in kb.search("显卡", mode="keyword")]  # and the stored terms are searchable
+
+
+def test_keyword_terms_are_counted_in_a_loader_process_when_a_core_is_free(manager, tmp_path, monkeypatch):
+    """jieba is pure Python. Counted in the app, it holds the GIL that the embedding thread needs between torch
+    ops: beside a busy Python thread a one-thread encode took 45x as long, beside a busy process 1.04x. So when
+    the embedder's threads leave a core free, a loader process counts each chunk's keyword terms, the commit only
+    stores them, and they are exactly what the app would count (Traditional folding, stems and bigrams included)."""
+    import kb.index.local as local
+    import kb.keyword as keyword
+    import kb.service as service
+
+    monkeypatch.setattr(service, "usable_cores", lambda: manager.settings.n_threads + 1)
+
+    in_app: list[str] = []
+    real = keyword.tokenize
+
+    def spy(text):
+        in_app.append(text)
+        return real(text)
+
+    monkeypatch.setattr(keyword, "tokenize", spy)
+    monkeypatch.setattr(local, "tokenize", spy)
+    given: list[tuple[list[str], list[Counter[str]] | None]] = []
+    add = manager.index.add
+
+    def recording(index, dim, ids, vectors, texts, terms=None):
+        given.append((list(texts), terms))
+        return add(index, dim, ids, vectors, texts, terms)
+
+    monkeypatch.setattr(manager.index, "add", recording)
+    kb = manager.create("terms")
+    f = tmp_path / "zh.md"
+    f.write_text("# 流水线\n\n流水线并行把模型按层切分到多张显卡上，每张卡只保存一部分层的参数。\n\n"
+                 "資料並行 replicates the running models; ЗАГРУЗКА カタカナ 2024 v1.5\n", encoding="utf-8")
+    assert [r.status for r in kb.ingest([f, ZH_MD])] == ["indexed", "indexed"]
+    assert in_app == []
+    texts = [t for batch, _ in given for t in batch]
+    assert len(texts) > 10 and all(terms is not None for _, terms in given)
+    monkeypatch.setattr(keyword, "tokenize", real)
+    assert [c for _, terms in given for c in terms] == [keyword.term_counts(t) for t in texts]
+    assert [h.file for h in kb.search("显卡", mode="keyword")][:1] == ["zh.md"]  # and the stored terms are searchable
+    assert [h.file for h in kb.search("资料并行", mode="keyword")][:1] == ["zh.md"]
+
+
+def test_terms_are_counted_in_the_app_when_the_loader_process_cannot(manager, tmp_path, monkeypatch):
+    """A worker that dies while counting costs no file: the terms are counted in the app instead."""
+    import kb.loaders.worker as worker
+    import kb.service as service
+
+    monkeypatch.setattr(service, "usable_cores", lambda: manager.settings.n_threads + 1)
+
+    def dead(texts, options=None):
+        raise worker.LoadError("loader crashed (exit code -9; probably out of memory)")
+
+    monkeypatch.setattr(worker, "count_terms_pooled", dead)
+    kb = manager.create("fallback")
+    f = tmp_path / "zh.md"
+    f.write_text("# 流水线\n\n流水线并行把模型按层切分到多张显卡上。\n", encoding="utf-8")
+    assert [r.status for r in kb.ingest([f])] == ["indexed"]
+    assert [h.file for h in kb.search("显卡", mode="keyword")] == ["zh.md"]
 
 
 def test_a_model_that_changed_size_is_a_clear_error_not_a_crash(settings, tmp_path):

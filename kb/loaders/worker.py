@@ -8,6 +8,10 @@ once their memory has grown by ``MAX_GROWTH_MB`` (or after ``MAX_USES`` loads), 
 accumulate; a retired worker's replacement starts at once, not when the next file waits for it. Requests and
 results are JSON lines over the child's stdin and a private copy of its stdout: nothing crossing the process
 boundary is unpickled, so a file that subverted its parser still cannot run code in the server.
+
+The workers also count chunks' keyword terms (``count_terms_pooled``): jieba is pure Python, and in the app it
+holds the GIL that the embedding thread needs between torch ops (beside a busy Python thread a one-thread encode
+took 45x as long, beside a busy process 1.04x).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +60,30 @@ def load_file_pooled(path: Path, *, name: str | None = None, options: LoaderOpti
 
     options = options or LoaderOptions()
     precheck(Path(path), name, options)
+    request = request_bytes(path, name, options)
+    return from_json(_pooled(options, lambda worker: worker.ask(request, options.timeout_s)))
+
+
+def count_terms_pooled(texts: Sequence[str], options: LoaderOptions | None = None) -> list[Counter[str]]:
+    """``kb.keyword.term_counts`` of each text, counted in a pooled child process (the same counts)."""
+    options = options or LoaderOptions()
+    try:
+        request = json.dumps({"terms": list(texts)}, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not for the pipe; the caller counts in the app
+        raise LoadError("text that is not valid Unicode") from None
+    return [Counter(c) for c in _pooled(options, lambda worker: worker.ask(request, options.timeout_s))]
+
+
+def _pooled(options: LoaderOptions, call: Callable[[_Worker], Any]) -> Any:
+    """``call`` on an idle worker (a new one if none is idle); the worker goes back to the pool unless it failed
+    or is spent."""
     idle = _idle_queue(options.max_memory_mb)
     try:
         worker = idle.get_nowait()
     except queue.Empty:
         worker = _Worker(options.max_memory_mb)
     try:
-        result = worker.load(Path(path), name, options)
+        result = call(worker)
     except BaseException:
         worker.kill()  # timed out, crashed or interrupted: its state is unknown
         raise
@@ -111,20 +134,21 @@ class _Worker:
         grown = rss is not None and self.rss_first is not None and rss - self.rss_first > MAX_GROWTH_MB * 2**20
         return grown or self.uses >= MAX_USES
 
-    def load(self, path: Path, name: str | None, options: LoaderOptions) -> LoadedFile:
+    def ask(self, request: bytes, timeout_s: float) -> Any:
+        """One request (a JSON line) and the ``ok`` of its reply; a reply's ``error`` is raised as a LoadError."""
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(request_bytes(path, name, options) + b"\n")
+            self.proc.stdin.write(request + b"\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise LoadError("loader crashed (worker exited)") from None
-        deadline = time.monotonic() + options.timeout_s
-        reply = json.loads(self._read_line(deadline, options.timeout_s))
+        deadline = time.monotonic() + timeout_s
+        reply = json.loads(self._read_line(deadline, timeout_s))
         if reply == _READY:  # a new worker's first line, when nobody waited for it
-            reply = json.loads(self._read_line(deadline, options.timeout_s))
+            reply = json.loads(self._read_line(deadline, timeout_s))
         if "error" in reply:
             raise LoadError(str(reply["error"]))
-        return from_json(reply["ok"])
+        return reply["ok"]
 
     def wait_ready(self, timeout_s: float) -> None:
         """Until the child has imported its parsers (its first line)."""
@@ -158,18 +182,22 @@ def _serve(max_memory_mb: int) -> None:
         Path("/proc/self/autogroup").write_text(str(NICE))
     import pymupdf  # noqa: F401  (imported while idle, not when the first PDF waits: ~1 s of CPU)
 
+    from kb.keyword import term_counts
     from kb.loaders import load_file
 
+    term_counts("预热")  # jieba's dictionary, loaded while idle too
     out.write(json.dumps(_READY).encode("utf-8") + b"\n")
     out.flush()
 
     for line in sys.stdin.buffer:
         request = json.loads(line)
-        options = LoaderOptions(**request["options"])
         fatal = False
         try:
-            reply: dict[str, Any] = {"ok": to_json(load_file(Path(request["path"]), name=request["name"],
-                                                             options=options))}
+            if "terms" in request:
+                reply: dict[str, Any] = {"ok": [term_counts(t) for t in request["terms"]]}
+            else:
+                options = LoaderOptions(**request["options"])
+                reply = {"ok": to_json(load_file(Path(request["path"]), name=request["name"], options=options))}
         except LoadError as exc:
             reply = {"error": exc.reason}
             fatal = exc.reason == "too large to load in memory"  # the heap may be left in a bad state
