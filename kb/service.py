@@ -11,6 +11,7 @@ Ingest and rebuild run as durable jobs (``kb.jobs``): one at a time per KB, any 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -622,7 +623,7 @@ class KnowledgeBase:
         are counted here."""
         from kb.loaders.worker import count_terms_pooled
 
-        if usable_cores() > self.settings.n_threads:
+        if _terms_in_loaders(self.settings):
             try:
                 return count_terms_pooled(texts, _loader_options(self.settings))
             except LoadError as e:
@@ -879,6 +880,11 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _terms_in_loaders(s: Settings) -> bool:
+    """Whether loader processes count keyword terms: only with a core beyond the embedder's threads (``_terms``)."""
+    return usable_cores() > s.n_threads
+
+
 def _loader_options(s: Settings) -> LoaderOptions:
     return LoaderOptions(max_pages=s.max_pages, ocr=s.ocr, max_file_mb=s.max_file_mb, timeout_s=s.file_timeout_s)
 
@@ -947,11 +953,15 @@ class KnowledgeBaseManager:
 
     def warm(self) -> None:
         """Start what a first ingestion would otherwise wait for, with the embedder idle: a loader process (Python
-        and PyMuPDF imported) and jieba's dictionary."""
-        from kb.loaders.worker import prestart
+        and PyMuPDF imported) and jieba's dictionary (in the app, and in that process when it will count terms)."""
+        from kb.loaders.worker import count_terms_pooled, prestart
 
-        prestart(_loader_options(self.settings))
-        term_counts("预热")
+        options = _loader_options(self.settings)
+        prestart(options)
+        term_counts("预热")  # for questions
+        if _terms_in_loaders(self.settings):  # and in the warm worker, before its memory baseline is taken
+            with contextlib.suppress(LoadError):  # counted in the app then
+                count_terms_pooled(["预热"], options)
 
     def _job(self, method: str) -> Callable[[JobContext], None]:
         def run(ctx: JobContext) -> None:

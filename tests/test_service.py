@@ -454,6 +454,24 @@ def test_keyword_terms_are_counted_in_a_loader_process_when_a_core_is_free(manag
     assert [h.file for h in kb.search("资料并行", mode="keyword")][:1] == ["zh.md"]
 
 
+@pytest.mark.parametrize("free_core", [False, True])
+def test_warm_loads_jieba_into_the_loader_process_only_when_it_will_count_terms(manager, monkeypatch, free_core):
+    """jieba's dictionary costs a loader process 0.9 s and ~43 MiB: loaded at start-up (before the worker's memory
+    baseline) where that process will count terms, and not at all where the app counts them."""
+    import kb.service as service
+    from kb.loaders import worker
+
+    monkeypatch.setattr(service, "usable_cores", lambda: manager.settings.n_threads + free_core)
+    pool = worker._idle_queue(service._loader_options(manager.settings).max_memory_mb)
+    while not pool.empty():  # other tests' workers
+        pool.get_nowait().kill()
+    manager.warm()
+    [w] = [pool.get_nowait() for _ in range(pool.qsize())]
+    pool.put(w)
+    assert w.uses == (1 if free_core else 0)
+    assert (w.rss_first is not None) == free_core
+
+
 def test_terms_are_counted_in_the_app_when_the_loader_process_cannot(manager, tmp_path, monkeypatch):
     """A worker that dies while counting costs no file: the terms are counted in the app instead."""
     import kb.loaders.worker as worker

@@ -185,7 +185,6 @@ def _serve(max_memory_mb: int) -> None:
     from kb.keyword import term_counts
     from kb.loaders import load_file
 
-    term_counts("预热")  # jieba's dictionary, loaded while idle too
     out.write(json.dumps(_READY).encode("utf-8") + b"\n")
     out.flush()
 
