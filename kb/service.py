@@ -618,9 +618,9 @@ class KnowledgeBase:
         """The texts' keyword terms, counted in the reader, while the embedder runs, not in the commit that waits
         for it. When the embedder's threads leave a core free, a loader process counts them: jieba is pure Python,
         and in this thread it holds the GIL the embedding thread needs between torch ops (CMRC's 256 passages, the
-        embedder on one of two cores: ratio to the bare embedder 0.77 -> 0.84). When the embedder has every core,
-        the loader process (at a lower priority) is starved and the embedder waits for it (0.64 -> 0.56), so they
-        are counted here."""
+        embedder on one of two cores: ratio to the bare embedder 0.76-0.79 -> 0.82-0.84). When the embedder has
+        every core, the loader process (at a lower priority) is starved and the embedder waits for it (0.63-0.66 ->
+        0.55-0.57), so they are counted here."""
         from kb.loaders.worker import count_terms_pooled
 
         if _terms_in_loaders(self.settings):

@@ -80,6 +80,15 @@ def test_a_worker_counts_keyword_terms_exactly_as_the_app_does_and_stays_in_the_
     assert _idle_pids() == [pid]
 
 
+@pytest.mark.parametrize("reply", [[{"流水线": "1"}, {}], [["流水线"], {}], [{"流水线": 1}], {"流水线": 1}])
+def test_a_worker_that_gives_anything_but_term_counts_is_refused(doc: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 reply: object) -> None:
+    """A worker that a file subverted must not put anything but counts into the index: the caller counts instead."""
+    monkeypatch.setattr(worker._Worker, "ask", lambda self, request, timeout_s: reply)
+    with pytest.raises(LoadError, match="no term counts"):
+        worker.count_terms_pooled(["流水线并行", "第二段"], OPTIONS)
+
+
 def test_a_worker_serves_many_small_files_without_a_restart(doc: Path) -> None:
     """A restart costs ~0.6 CPU-s (Python and PyMuPDF imports) and the wait for it: retiring every 50 loads made
     indexing 256 small markdown files wait for five of them."""

@@ -71,7 +71,12 @@ def count_terms_pooled(texts: Sequence[str], options: LoaderOptions | None = Non
         request = json.dumps({"terms": list(texts)}, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: not for the pipe; the caller counts in the app
         raise LoadError("text that is not valid Unicode") from None
-    return [Counter(c) for c in _pooled(options, lambda worker: worker.ask(request, options.timeout_s))]
+    counts = _pooled(options, lambda worker: worker.ask(request, options.timeout_s))
+    # A worker that a file subverted must not put anything but counts into the index.
+    if not (isinstance(counts, list) and len(counts) == len(texts) and all(isinstance(c, dict) for c in counts)
+            and all(type(n) is int for c in counts for n in c.values())):
+        raise LoadError("the loader process gave no term counts")
+    return [Counter(c) for c in counts]
 
 
 def _pooled(options: LoaderOptions, call: Callable[[_Worker], Any]) -> Any:
