@@ -122,8 +122,8 @@ class _Loaded:
     chunks: list[Chunk]
     texts: list[str]
     started: float
+    terms: list[Counter[str]]  # the keyword index's work, done in the reader beside the embedder
     vectors: np.ndarray | None = None
-    terms: list[Counter[str]] | None = None  # the keyword index's work, done beside the embedder when known
 
 
 class _ReadAhead:
@@ -209,13 +209,7 @@ class _Reader(_ReadAhead):
         self.started: dict[int, float] = {}
 
     def load(self, i: int, item: dict[str, Any]) -> tuple[_Loaded | None, str | None]:
-        try:
-            return self.kb._load_and_chunk(i, item, self.cfg, self.emb, self.started[i]), None
-        except LoadError as e:
-            return None, e.reason
-        except Exception as e:  # a bug or a library failure must not take the job down
-            log.exception("ingest of %s failed", item["name"])
-            return None, f"internal error: {type(e).__name__}: {e}"
+        return self.kb._read(i, item, self.cfg, self.emb, self.started[i])
 
     def order(self) -> list[int]:
         """Cheap formats first, each rank smallest first: the embedder starts at once and has a backlog of text
@@ -259,13 +253,9 @@ class _RebuildReader(_ReadAhead):
             if i in self.skip:
                 continue
             started = time.monotonic()
-            error = None
-            try:
-                item = {"name": f.name, "sha256": f.sha256, "size": f.size}
-                p = self.kb._load_and_chunk(i, item, self.cfg, self.emb, started)
-            except Exception as e:
-                error = e.reason if isinstance(e, LoadError) else f"internal error: {type(e).__name__}: {e}"
-                # Keep what the file had: its old chunks, re-embedded for the new index.
+            item = {"name": f.name, "sha256": f.sha256, "size": f.size}
+            p, error = self.kb._read(i, item, self.cfg, self.emb, started)
+            if p is None:  # keep what the file had: its old chunks, re-embedded for the new index
                 p = self.kb._old_chunks(f, self.live, self.cfg, i, started)
             yield i, f, p, error
 
@@ -602,6 +592,17 @@ class KnowledgeBase:
         return s.scalars(select(FileRow).where(FileRow.kb_id == self.id, FileRow.sha256 == sha,
                                                FileRow.status == "indexed")).first()
 
+    def _read(self, i: int, item: dict[str, Any], cfg: KBSettings, emb: Embedder,
+              started: float) -> tuple[_Loaded | None, str | None]:
+        """A file loaded and chunked, or why it could not be."""
+        try:
+            return self._load_and_chunk(i, item, cfg, emb, started), None
+        except LoadError as e:
+            return None, e.reason
+        except Exception as e:  # a bug or a library failure must not take the job down
+            log.exception("reading %s failed", item["name"])
+            return None, f"internal error: {type(e).__name__}: {e}"
+
     def _load_and_chunk(self, i: int, item: dict[str, Any], cfg: KBSettings, emb: Embedder,
                         started: float) -> _Loaded:
         loaded = self._load(self.manager.read_blob(item["sha256"]), item["name"])
@@ -612,7 +613,7 @@ class KnowledgeBase:
             raise LoadError("empty: no text found")
         texts = embed_texts(chunks, loaded.title or Path(item["name"]).stem, cfg.title_prefix)
         return _Loaded(i, item["name"], item["sha256"], item["size"], loaded, chunks, texts, started,
-                       terms=self._terms(texts))
+                       self._terms(texts))
 
     def _terms(self, texts: list[str]) -> list[Counter[str]]:
         """The texts' keyword terms, counted in the reader, while the embedder runs, not in the commit that waits
@@ -710,9 +711,9 @@ class KnowledgeBase:
         """One index add for the chunks of files just committed (``ids`` in their order)."""
         if not files:
             return
-        terms = [c for p in files for c in p.terms] if all(p.terms is not None for p in files) else None
         vectors = np.concatenate([p.vectors for p in files if p.vectors is not None])
-        self.manager.index.add(index, dim, ids, vectors, [t for p in files for t in p.texts], terms)
+        self.manager.index.add(index, dim, ids, vectors, [t for p in files for t in p.texts],
+                               [c for p in files for c in p.terms])
 
     def _place(self, s: Any, name: str, replace: bool) -> tuple[str, str, list[int]]:
         """The name a new file takes and its status, deleting what it takes the place of: a failed file of that
@@ -834,7 +835,7 @@ class KnowledgeBase:
                   for r in rows]
         texts = embed_texts(chunks, _title(f), cfg.title_prefix)
         loaded = LoadedFile(docs=[], title=f.title, pages=f.pages, ocr_pages=list(f.ocr_pages or []))
-        return _Loaded(i, f.name, f.sha256 or "", f.size or 0, loaded, chunks, texts, started)
+        return _Loaded(i, f.name, f.sha256 or "", f.size or 0, loaded, chunks, texts, started, self._terms(texts))
 
     def _switch(self, gen: int, cfg: KBSettings) -> None:
         """Make the shadow generation live in one transaction; the old index is dropped after."""

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,7 @@ def load_file_pooled(path: Path, *, name: str | None = None, options: LoaderOpti
 
     options = options or LoaderOptions()
     precheck(Path(path), name, options)
-    request = request_bytes(path, name, options)
-    return from_json(_pooled(options, lambda worker: worker.ask(request, options.timeout_s)))
+    return from_json(_pooled(request_bytes(path, name, options), options))
 
 
 def count_terms_pooled(texts: Sequence[str], options: LoaderOptions | None = None) -> list[Counter[str]]:
@@ -71,7 +70,7 @@ def count_terms_pooled(texts: Sequence[str], options: LoaderOptions | None = Non
         request = json.dumps({"terms": list(texts)}, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: not for the pipe; the caller counts in the app
         raise LoadError("text that is not valid Unicode") from None
-    counts = _pooled(options, lambda worker: worker.ask(request, options.timeout_s))
+    counts = _pooled(request, options)
     # A worker that a file subverted must not put anything but counts into the index.
     if not (isinstance(counts, list) and len(counts) == len(texts) and all(isinstance(c, dict) for c in counts)
             and all(type(n) is int for c in counts for n in c.values())):
@@ -79,16 +78,16 @@ def count_terms_pooled(texts: Sequence[str], options: LoaderOptions | None = Non
     return [Counter(c) for c in counts]
 
 
-def _pooled(options: LoaderOptions, call: Callable[[_Worker], Any]) -> Any:
-    """``call`` on an idle worker (a new one if none is idle); the worker goes back to the pool unless it failed
-    or is spent."""
+def _pooled(request: bytes, options: LoaderOptions) -> Any:
+    """The ``ok`` of ``request``'s reply from an idle worker (a new one if none is idle); the worker goes back to
+    the pool unless it failed or is spent."""
     idle = _idle_queue(options.max_memory_mb)
     try:
         worker = idle.get_nowait()
     except queue.Empty:
         worker = _Worker(options.max_memory_mb)
     try:
-        result = call(worker)
+        result = worker.ask(request, options.timeout_s)
     except BaseException:
         worker.kill()  # timed out, crashed or interrupted: its state is unknown
         raise
